@@ -1,0 +1,47 @@
+"""Email addresses: validation and the one normal form used for matching and suppression."""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+from postwarden import errors
+
+
+def normalize(address: str) -> str:
+    """The form addresses are stored and compared in: IDNA domain, lower case."""
+    local, _, domain = address.strip().rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return f"{local}@{domain}".lower()
+
+
+def check(address: str) -> str:
+    """Validate an address (syntax only: no DNS; the RFC 2606 `.test` domain is allowed).
+
+    Raises InvalidInput with the validator's own explanation.
+    """
+    if "\r" in address or "\n" in address:
+        raise errors.InvalidInput("an address may not contain CR or LF")
+    try:
+        result = validate_email(
+            address, check_deliverability=False, allow_smtputf8=True, test_environment=True
+        )
+    except EmailNotValidError as exc:
+        raise errors.InvalidInput(f"{address!r} is not a valid email address: {exc}") from exc
+    return normalize(result.normalized)
+
+
+def check_mailbox(value: str) -> tuple[str, str]:
+    """Validate ``Name <addr>`` or a bare address; return (display name, normal address)."""
+    if "\r" in value or "\n" in value:
+        raise errors.InvalidInput("an address may not contain CR or LF")
+    name, addr = parseaddr(value)
+    return name, check(addr or value)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]

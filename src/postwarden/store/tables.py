@@ -1,0 +1,297 @@
+"""The schema, in SQLAlchemy Core: one table per thing Postwarden keeps.
+
+Indexes follow the mail log's filters (account + status/address/broadcast/category, newest
+first) and the dispatcher's claim query (due messages by next attempt time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from postwarden.status import Kind, Status
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases (SQLite keeps no zone: naive means UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+When = UTCDateTime()
+
+
+def _in(column: str, values: Iterable[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("bounce_domain", String(255), nullable=False),
+    Column("tracking", Boolean, nullable=False, default=True),
+    Column("created_at", When, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("label", String(200), nullable=False, default=""),
+    Column("created_at", When, nullable=False),
+    Column("revoked_at", When),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False, default=""),
+    Column("email", String(320)),
+    Column("phone", String(32)),
+    Column("preferences", JSON, nullable=False, default=dict),
+    Column("created_at", When, nullable=False),
+    Index(None, "account_id", "email"),
+)
+
+contents = Table(
+    "contents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("from_addr", String(320), nullable=False),
+    Column("from_name", String(200), nullable=False, default=""),
+    Column("subject", String(998), nullable=False),
+    Column("text", Text),
+    Column("html", Text),
+    Column("headers", JSON, nullable=False, default=dict),
+    Column("created_at", When, nullable=False),
+)
+
+broadcasts = Table(
+    "broadcasts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("content_id", ForeignKey("contents.id"), nullable=False),
+    Column("category", String(100), nullable=False, default=""),
+    Column("total", Integer, nullable=False, default=0),
+    Column("created_at", When, nullable=False),
+    Index(None, "account_id", "created_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("broadcast_id", ForeignKey("broadcasts.id", ondelete="CASCADE")),
+    Column("content_id", ForeignKey("contents.id"), nullable=False),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL")),
+    Column("resend_of", ForeignKey("messages.id", ondelete="SET NULL")),
+    Column("channel", String(16), nullable=False, default="email"),
+    Column("to_addr", String(320), nullable=False, default=""),
+    Column("category", String(100), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(32)),
+    Column("detail", Text),
+    Column("flags", JSON, nullable=False, default=list),
+    Column("metadata", JSON, nullable=False, default=dict),
+    Column("idempotency_key", String(200)),
+    Column("has_attachments", Boolean, nullable=False, default=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", When),
+    Column("lease_until", When),
+    Column("lease_owner", String(64)),
+    Column("created_at", When, nullable=False),
+    Column("updated_at", When, nullable=False),
+    Column("last_event_at", When),
+    CheckConstraint(_in("status", Status), name="status"),
+    UniqueConstraint("account_id", "idempotency_key"),
+    Index(None, "account_id", "id"),
+    Index(None, "account_id", "status", "id"),
+    Index(None, "account_id", "to_addr", "id"),
+    Index(None, "account_id", "created_at"),
+    Index(None, "account_id", "category", "id"),
+    Index(None, "broadcast_id", "status"),
+    Index(None, "resend_of"),
+    Index(None, "status", "next_attempt_at"),
+)
+
+bodies = Table(
+    "bodies",
+    metadata,
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("raw", LargeBinary, nullable=False),
+)
+"""The bytes of each outgoing message, built once at its first attempt."""
+
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary),
+    Index(None, "message_id"),
+)
+"""Attachment names and sizes stay; ``data`` is deleted once the message has left."""
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("occurred_at", When, nullable=False),
+    Column("recorded_at", When, nullable=False),
+    Column("status_after", String(16), nullable=False),
+    Column("dedupe_key", String(200)),
+    Column("reason", String(32)),
+    Column("hard", Boolean),
+    Column("code", String(16)),
+    Column("detail", Text),
+    Column("data", JSON, nullable=False, default=dict),
+    Column("inbound_id", ForeignKey("inbound_mails.id", ondelete="SET NULL")),
+    CheckConstraint(_in("kind", Kind), name="kind"),
+    UniqueConstraint("message_id", "dedupe_key"),
+    Index(None, "message_id", "occurred_at"),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("started_at", When, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("via", String(8), nullable=False),
+    Column("remote", String(300)),
+    Column("outcome", String(16), nullable=False),
+    Column("code", Integer),
+    Column("enhanced", String(16)),
+    Column("text", Text, nullable=False, default=""),
+    Column("transcript", Text, nullable=False, default=""),
+    Index(None, "message_id"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("category", String(100), nullable=False, default=""),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("source", String(32), nullable=False),
+    Column("message_id", ForeignKey("messages.id", ondelete="SET NULL")),
+    Column("created_at", When, nullable=False),
+    UniqueConstraint("account_id", "address", "category"),
+)
+"""Addresses not to send to: hard bounces, complaints, unsubscribes (per category)."""
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("pattern", String(320), nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    Column("created_at", When, nullable=False),
+    UniqueConstraint("account_id", "pattern"),
+)
+"""The account's block list: a whole address, or ``@domain`` for a domain."""
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(320), nullable=False),
+    Column("detail", JSON, nullable=False, default=dict),
+    Column("created_at", When, nullable=False),
+    Index(None, "account_id", "created_at"),
+)
+
+inbound_mails = Table(
+    "inbound_mails",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("received_at", When, nullable=False),
+    Column("peer", String(100), nullable=False, default=""),
+    Column("mail_from", String(320), nullable=False, default=""),
+    Column("rcpt_to", JSON, nullable=False, default=list),
+    Column("raw", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False, default="new"),
+    Column("kind", String(16)),
+    Column("error", Text),
+    Column("account_id", ForeignKey("accounts.id", ondelete="SET NULL")),
+    Index(None, "state", "id"),
+)
+"""Every mail the inbound server accepted, raw, stored before it is parsed."""
