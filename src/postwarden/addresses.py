@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from postwarden import errors
 
@@ -19,6 +20,20 @@ def normalize(address: str) -> str:
     return f"{local}@{domain}".lower()
 
 
+# Plain ASCII addresses the validator would certainly accept, checked without its full parse:
+# dot-atom local part, LDH labels, alphabetic TLD. Anything else goes through email-validator.
+_PLAIN = re.compile(
+    r"(?![.])(?!.*[.]{2})[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}(?<![.])"
+    r"@(?=.{4,253}$)(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+([A-Za-z]{2,63})"
+)
+_SPECIAL = frozenset(name for name in SPECIAL_USE_DOMAIN_NAMES if name != "test")
+
+
+def _special_use(domain: str) -> bool:
+    labels = domain.lower().split(".")
+    return any(".".join(labels[i:]) in _SPECIAL for i in range(len(labels)))
+
+
 def check(address: str) -> str:
     """Validate an address (syntax only: no DNS; the RFC 2606 `.test` domain is allowed).
 
@@ -26,6 +41,8 @@ def check(address: str) -> str:
     """
     if "\r" in address or "\n" in address:
         raise errors.InvalidInput("an address may not contain CR or LF")
+    if _PLAIN.fullmatch(address) and not _special_use(address.rpartition("@")[2]):
+        return address.lower()
     try:
         result = validate_email(
             address, check_deliverability=False, allow_smtputf8=True, test_environment=True

@@ -238,6 +238,7 @@ _DECISIVE_STATUS: dict[str, str] = {
     "5.7.28": "spamdetected",
     "5.7.30": "failedstarttls",
     "5.7.27": "notaccept",
+    "5.1.7": "rejected", "5.1.8": "rejected", "4.1.7": "rejected", "4.1.8": "rejected",
 }
 
 # 3. Other enhanced codes (RFC 3463, RFC 5248 registry), used when no phrase matched.
@@ -291,28 +292,6 @@ _REPLY_REASON: dict[int, str] = {
 #    Matched against the lowercased text with runs of white space collapsed to one space.
 # --------------------------------------------------------------------------------------------
 _TEXT_RULES: list[tuple[str, list[str]]] = [
-    # ---- delivery given up after retries --------------------------------------------------
-    ("expired", [
-        r"retry time(?:out)? (?:not reached|exceeded)",
-        r"retry timeout exceeded",
-        r"this message has been in the queue too long",
-        r"message (?:expired|timed out|was not delivered within)",
-        r"delivery (?:time )?expired",
-        r"could not be delivered (?:for|within) (?:more than )?\d+ (?:days|hours)",
-        r"your message could not be delivered for more than",
-        r"was not reachable within the allowed queue period",
-        r"have been failing for a long time",
-        r"unable to deliver message after multiple retries",
-        r"giving up on (?:it|delivery|this message)",
-        r"i'm not going to try again",
-        r"delivery attempts will continue to be made",
-        r"it has not been collected after",
-        r"message expired after sitting in queue",
-        r"has been delayed|delivery (?:is |has been )?delayed|delayed delivery",
-        r"warning: message .{0,40}still undelivered after",
-        r"could not deliver .{0,40}within \d+ (?:days|hours)",
-        r"deferred for too long|too old",
-    ]),
     # ---- mailbox full ---------------------------------------------------------------------
     ("mailboxfull", [
         r"mailbox (?:is )?full|full mailbox|mailbox (?:size )?limit exceeded",
@@ -421,6 +400,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"your envelope recipient (?:has been denied|is in my badrcptto)",
         r"the following recipients was undeliverable|address not present in directory",
         r"can't accept user|is not a valid user|not a valid recipient",
+        r"the address couldn't be found|invalid (?:final delivery )?userid|invalid user address",
     ]),
     # ---- filtered by the recipient's own rules ------------------------------------------------
     ("filtered", [
@@ -481,6 +461,17 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"connections not accepted from servers without a valid sender domain",
         r"denied \[bouncedeny\]|valid-address-filter|delivery not authorized, message refused",
         r"rule imposed mailbox access for|address rejected",
+        r"groups\.google\.com/support|the group you tried to contact|permission to post",
+    ]),
+    # ---- domain publishes no mail service (null MX), DNS failures ------------------------
+    ("notaccept", [
+        r"does(?:n't| not) (?:accept|receive) (?:any )?(?:e-?)?mail|null ?mx|nullmx",
+        r"no mx (?:record )?found for domain|indicated no smtp service",
+        r"couldn't find a mail exchanger|type=mx: malformed",
+    ]),
+    ("networkerror", [
+        r"dns error: .{0,80}nxdomain|host not found, try again|name service error",
+        r"network error on destination|dns query failed|host name lookup failure",
     ]),
     # ---- domain does not exist --------------------------------------------------------------
     ("hostunknown", [
@@ -566,6 +557,31 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"temporary (?:dns|lookup) failure|dns (?:lookup |query )?(?:error|failure|timeout)",
         r"network (?:is )?unreachable",
     ]),
+    # ---- delivery given up after retries --------------------------------------------------
+    ("expired", [
+        r"retry time(?:out)? (?:not reached|exceeded)",
+        r"retry timeout exceeded",
+        r"this message has been in the queue too long",
+        r"message (?:expired|timed out|was not delivered within)",
+        r"delivery (?:time )?expired",
+        r"could not be delivered (?:for|within) (?:more than )?\d+ (?:days|hours)",
+        r"your message could not be delivered for more than",
+        r"was not reachable within the allowed queue period",
+        r"have been failing for a long time",
+        r"unable to deliver message after multiple retries",
+        r"giving up on (?:it|delivery|this message)",
+        r"i'm not going to try again",
+        r"delivery attempts will continue to be made",
+        r"it has not been collected after",
+        r"message expired after sitting in queue",
+        r"has been delayed|delivery (?:is |has been )?delayed|delayed delivery",
+        r"warning: message .{0,40}still undelivered after",
+        r"could not deliver .{0,40}within \d+ (?:days|hours)",
+        r"deferred for too long|too old|envelope expired",
+        r"could not deliver for the last \d+ (?:seconds|minutes|hours|days)",
+        r"did not accept our requests to connect|delivery failed \d+ attempts",
+        r"will be retried for \d+ more|host not reachable",
+    ]),
     ("systemerror", [
         r"(?:local|system|server|mail system) (?:config(?:uration)? )?error",
         r"local error in processing|temporary local problem|internal (?:server )?error",
@@ -635,7 +651,63 @@ def _verdict(reason: str, temporary: bool) -> Verdict:
     return Verdict(reason, hard, group, explanation, next_step)
 
 
-def _reason(text: str, status: str | None, reply_code: int | None) -> str:
+_COMMAND_RE = re.compile(
+    r"(?:in reply to|after|while sending|did not like our|>>>|smtp command:?|response to|"
+    r"most progress was|rejected at|during|command|smtp:)\s*(?:the\s+)?(?:end of\s+)?"
+    r"(rcpt|mail|data|final data|ehlo|helo|body|message)\b"
+)
+_COMMAND_NAME = {
+    "rcpt": "RCPT", "mail": "MAIL", "data": "DATA", "final data": "DATA", "body": "DATA",
+    "message": "DATA", "ehlo": "HELO", "helo": "HELO",
+}
+_QMAIL_COMMAND_RE = re.compile(r"but (?:my name|sender|recipient) was rejected")
+_QMAIL_COMMAND = {"my name": "HELO", "sender": "MAIL", "recipient": "RCPT"}
+
+
+def smtp_command(text: str) -> str | None:
+    """The SMTP command a (lowercased) diagnostic says the error answered: RCPT, MAIL, DATA,
+    HELO, or None."""
+    m = _COMMAND_RE.search(text)
+    if m:
+        return _COMMAND_NAME[m.group(1)]
+    m = _QMAIL_COMMAND_RE.search(text)
+    if m:
+        for key, name in _QMAIL_COMMAND.items():
+            if key in m.group(0):
+                return name
+    return None
+
+
+def _refine(reason: str, text: str, status: str | None, command: str | None) -> str:
+    """Adjust a phrase-based reason with the SMTP command and a generic status code."""
+    if command == "MAIL" and reason in (
+        "userunknown", "hostunknown", "blocked", "onhold", "securityerror", "filtered",
+    ):
+        return "rejected"  # the session failed at MAIL FROM: the sender was refused
+    if reason == "userunknown" and command != "RCPT" and not _RCPT_TIME_RE.search(text):
+        # "User unknown" after the message was sent (DATA) or with a mailbox-status/policy code:
+        # the recipient's filter refused it, the address itself exists.
+        subject = status[2:] if status else ""
+        if subject.startswith(("1.", "5.", "4.")):
+            return reason
+        if command == "DATA" or subject.startswith(("2.", "7.", "0.", "3.")) or (
+            _FILTER_NO_STATUS and not subject
+        ):
+            return "filtered"
+    return reason
+
+
+_FILTER_NO_STATUS = True
+# Replies only ever sent in answer to RCPT TO: the address itself is unknown.
+_RCPT_TIME_RE = re.compile(
+    r"recipient address rejected|dd this user doesn't have|>: user unknown|"
+    r"resolver\.adr\.|recipientnotfound|access denied"
+)
+
+
+def _reason(
+    text: str, status: str | None, reply_code: int | None, command: str | None = None
+) -> str:
     if status:
         decisive = _DECISIVE_STATUS.get(status)
         if decisive:
@@ -643,9 +715,11 @@ def _reason(text: str, status: str | None, reply_code: int | None) -> str:
         if status.startswith("2."):
             return "undefined"
     if text:
+        if command is None:
+            command = smtp_command(text)
         for reason, pattern in _COMPILED_RULES:
             if pattern.search(text):
-                return reason
+                return _refine(reason, text, status, command)
     if status:
         reason = _STATUS_REASON.get(status)
         if reason:
@@ -662,17 +736,25 @@ def _reason(text: str, status: str | None, reply_code: int | None) -> str:
     return "onhold" if (text or status or reply_code) else "undefined"
 
 
-def classify(text: str, *, status: str | None = None, reply_code: int | None = None) -> Verdict:
+def classify(
+    text: str,
+    *,
+    status: str | None = None,
+    reply_code: int | None = None,
+    command: str | None = None,
+) -> Verdict:
     """Classify a delivery failure from the remote server's words and codes.
 
     ``status`` is the enhanced status ("5.1.1"); when None it is read from the text. ``reply_code``
-    is the SMTP reply code (550); when None it is read from the text.
+    is the SMTP reply code (550); when None it is read from the text. ``command`` is the SMTP
+    command the reply answered ("RCPT", "MAIL", "DATA", "HELO") when the caller knows it; when
+    None it is read from the text ("in reply to end of DATA command", "after RCPT TO", ...).
     """
     raw = text or ""
     norm = _SPACE_RE.sub(" ", raw.lower()).strip()
     code = _normalise_status(status) if status else extract_status(raw)
     reply = reply_code if reply_code is not None else extract_reply_code(raw)
-    reason = _reason(norm, code, reply)
+    reason = _reason(norm, code, reply, command.upper() if command else None)
     temporary = bool(
         (code and code.startswith("4."))
         or (reply is not None and 400 <= reply < 500)

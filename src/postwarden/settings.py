@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import socket
-from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,16 +96,3 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-    def relay_parts(self) -> tuple[str, int, str | None, str | None, bool] | None:
-        """(host, port, user, password, implicit_tls) of the relay URL."""
-        if not self.smtp_relay:
-            return None
-        url = urlsplit(self.smtp_relay)
-        if url.scheme not in ("smtp", "smtps") or not url.hostname:
-            raise errors.ConfigError("POSTWARDEN_SMTP_RELAY must look like smtp://user:pass@host:port")
-        implicit = url.scheme == "smtps"
-        port = url.port or (465 if implicit else 587)
-        user = unquote(url.username) if url.username else None
-        password = unquote(url.password) if url.password else None
-        return url.hostname, port, user, password, implicit

@@ -35,7 +35,6 @@ class Status(StrEnum):
 class Kind(StrEnum):
     """Every kind of fact Postwarden learns about a message."""
 
-    ACCEPTED = "accepted"  # intake stored it
     ATTEMPT = "attempt"  # a delivery attempt began
     DEFERRED = "deferred"  # temporary failure, another attempt is scheduled
     RELAYED = "relayed"  # a relay or provider accepted it
@@ -92,7 +91,7 @@ def _forward_of(status: Status) -> frozenset[Status]:
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.SENDING, Status.CANCELLED, Status.BOUNCED})
+    Status.PENDING: frozenset({Status.SENDING, Status.DEFERRED, Status.CANCELLED, Status.BOUNCED})
     | _INTAKE
     | frozenset(_RECIPIENT_SIDE),
     Status.SENDING: frozenset({Status.SENDING, Status.DEFERRED, Status.BOUNCED, Status.FAILED})
@@ -108,7 +107,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 """The one transition table: the headline moves from a status only to the ones listed."""
 
 TARGET: dict[Kind, Status | None] = {
-    Kind.ACCEPTED: None,
     Kind.ATTEMPT: Status.SENDING,
     Kind.DEFERRED: Status.DEFERRED,
     Kind.RELAYED: Status.SENT,

@@ -6,12 +6,14 @@ pragmas, PostgreSQL's ``SKIP LOCKED``) are handled here and in ``postwarden.queu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, pool
+from sqlalchemy import Connection, Engine, Table, create_engine, event, pool
+from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -50,6 +52,15 @@ def connect(url: str, **kwargs: Any) -> Engine:
         # in write transactions instead (see ``postwarden.queue``).
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
+
+
+def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert rows, skipping those that would violate a unique constraint; return how many."""
+    if not rows:
+        return 0
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    result = conn.execute(module.insert(table).on_conflict_do_nothing(), list(rows))
+    return result.rowcount
 
 
 def alembic_config(engine: Engine) -> Config:

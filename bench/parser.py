@@ -1,0 +1,39 @@
+"""Bounce parser + classifier benchmark: accuracy on the shared corpus and parse rate.
+
+    python bench/parser.py [--corpus DIR] [--misses] [--seconds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from postwarden.inbound.scoring import measure_rate, score_corpus
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared/corpus/bounces"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--misses", action="store_true", help="list every miss")
+    ap.add_argument("--seconds", type=float, default=3.0, help="minimum timing run")
+    args = ap.parse_args(argv)
+    if not (args.corpus / "expected.jsonl").exists():
+        print(f"corpus not found at {args.corpus}", file=sys.stderr)
+        return 2
+    score = score_corpus(args.corpus)
+    print(score.summary())
+    if args.misses:
+        print("misses:")
+        for miss in score.misses:
+            print("  " + miss)
+    count, seconds = measure_rate(args.corpus, args.seconds)
+    print(f"parse rate: {count} messages in {seconds:.2f} s = {count / seconds:,.0f} msgs/s "
+          "(one core)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

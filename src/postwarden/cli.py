@@ -1,0 +1,277 @@
+"""The ``postwarden`` command: run the service, manage accounts, and read the mail log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Connection
+
+from postwarden import (
+    accounts,
+    errors,
+    intake,
+    queries,
+    schemas,
+    service,
+    suppression,
+)
+from postwarden.settings import Settings
+
+app = typer.Typer(help="Postwarden: send notifications and see what became of each one.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+account_app = typer.Typer(help="Accounts (tenants) and their API keys.", no_args_is_help=True)
+suppressions_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(suppressions_app, name="suppressions")
+console = Console()
+
+AccountOpt = Annotated[str | None, typer.Option("--account", "-a",
+                                                help="Account name (default: the only one)")]
+
+STATUS_STYLE = {
+    "pending": "white", "sending": "cyan", "deferred": "yellow", "sent": "blue",
+    "delivered": "green", "opened": "green", "clicked": "green", "bounced": "red",
+    "failed": "red", "dropped": "magenta", "blocked": "magenta", "duplicate": "dim",
+    "no_channel": "dim", "cancelled": "dim",
+}
+
+
+def _parts(migrate: bool = True) -> service.Parts:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return service.open_parts(Settings(), migrate=migrate)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _account(conn: Connection, name: str | None) -> accounts.Account:
+    if name:
+        return accounts.by_name(conn, name)
+    if accounts.count(conn) != 1:
+        raise errors.InvalidInput("several accounts exist (or none): choose one with --account")
+    return accounts.by_id(conn, accounts.only_id(conn))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    _parts()
+    console.print("schema is up to date")
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
+          port: Annotated[int, typer.Option()] = 8025) -> None:
+    """Run the API, the dispatcher and the inbound SMTP server in one process."""
+    parts = _parts()
+    console.print(f"Postwarden on http://{host}:{port} (API docs at /docs)")
+    asyncio.run(service.serve(parts, host, port))
+
+
+@app.command()
+def worker() -> None:
+    """Run only a dispatcher (start several, on several machines, against PostgreSQL)."""
+    asyncio.run(service.work(_parts()))
+
+
+@account_app.command("create")
+def account_create(
+    name: str,
+    bounce_domain: Annotated[str | None, typer.Option(
+        help="Domain of the VERP return paths (default: POSTWARDEN_DEFAULT_BOUNCE_DOMAIN)")] = None,
+) -> None:
+    """Create an account; its API key is printed alone on the last line."""
+    parts = _parts()
+    try:
+        with parts.engine.begin() as conn:
+            account, key = accounts.create(
+                conn, name, bounce_domain or parts.settings.default_bounce_domain)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    print(f"Created account {account.name!r} (id {account.id}); its API key, shown only once:")
+    print(key)
+
+
+@app.command()
+def send(
+    to: Annotated[str, typer.Option(help="Recipient address")],
+    subject: Annotated[str, typer.Option()],
+    sender: Annotated[str, typer.Option("--from", help="Sender address")],
+    text: Annotated[str | None, typer.Option(help="Plain-text body")] = None,
+    html: Annotated[str | None, typer.Option(help="HTML body")] = None,
+    category: Annotated[str, typer.Option()] = "",
+    account: AccountOpt = None,
+) -> None:
+    """Queue one email (the worker or `serve` sends it)."""
+    parts = _parts()
+    try:
+        body = schemas.MessageIn.model_validate(
+            {"from": sender, "to": to, "subject": subject, "text": text, "html": html,
+             "category": category})
+        with parts.engine.begin() as conn:
+            accepted = intake.submit_message(
+                conn, _account(conn, account), body,
+                intake.Limits(parts.settings.max_message_bytes,
+                              parts.settings.max_broadcast_recipients))
+    except (errors.PostwardenError, ValueError) as exc:
+        raise _fail(getattr(exc, "message", str(exc))) from exc
+    console.print(f"message {accepted.id}: {accepted.status}")
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else str(value)
+
+
+@app.command("log")
+def log_(
+    status: Annotated[list[str] | None, typer.Option(help="Only these statuses")] = None,
+    undelivered: Annotated[bool, typer.Option(help="Only undelivered")] = False,
+    address: Annotated[str | None, typer.Option(help="Exact address or @domain")] = None,
+    broadcast: Annotated[int | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[datetime | None, typer.Option()] = None,
+    until: Annotated[datetime | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    account: AccountOpt = None,
+) -> None:
+    """The mail log, newest first, with the API's filters."""
+    parts = _parts()
+    try:
+        with parts.engine.connect() as conn:
+            page = queries.mail_log(
+                conn, _account(conn, account).id,
+                queries.LogFilter(status or (), undelivered, address, broadcast, category, None,
+                                  since, until), limit=limit)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    if as_json:
+        for item in page.items:
+            print(json.dumps(item, default=str))
+        return
+    table = Table("id", "created", "to", "subject", "status", "why")
+    for item in page.items:
+        style = STATUS_STYLE.get(item["status"], "")
+        table.add_row(str(item["id"]), _when(item["created_at"]), item["to"],
+                      item["subject"][:40], f"[{style}]{item['status']}[/{style}]",
+                      (item["detail"] or "")[:60])
+    console.print(table)
+    if not page.items:
+        console.print("No messages match. Send one with `postwarden send` or the API.")
+
+
+@app.command()
+def show(message_id: int, account: AccountOpt = None) -> None:
+    """One message: status, explanation, timeline and SMTP transcripts."""
+    parts = _parts()
+    try:
+        with parts.engine.connect() as conn:
+            item = queries.message_detail(conn, _account(conn, account).id, message_id)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    style = STATUS_STYLE.get(item["status"], "")
+    console.print(f"[bold]message {item['id']}[/bold] to {item['to']}: "
+                  f"[{style}]{item['status']}[/{style}] {item['reason'] or ''}")
+    if item["explanation"]:
+        console.print(f"{item['explanation']['explanation']} {item['explanation']['next_step']}")
+    for event in item["events"]:
+        console.print(f"  {_when(event['occurred_at'])}  {event['kind']:<12} "
+                      f"{event['source']:<8} {event['detail'] or ''}")
+    for attempt in item["attempts"]:
+        console.print(f"\n[bold]attempt {attempt['number']}[/bold] via {attempt['via']} "
+                      f"{attempt['remote'] or ''} ({attempt['duration_ms']} ms)")
+        console.print(attempt["transcript"], markup=False, highlight=False)
+
+
+@suppressions_app.command("list")
+def suppressions_list(search: str = "", account: AccountOpt = None) -> None:
+    """Suppressed addresses with their reason."""
+    parts = _parts()
+    with parts.engine.connect() as conn:
+        rows = suppression.list_entries(conn, _account(conn, account).id, search=search,
+                                        limit=1000)
+    table = Table("address", "category", "reason", "since", "message", "detail")
+    for row in rows:
+        r: Any = row
+        table.add_row(r.address, r.category or "(all)", r.reason, _when(r.created_at),
+                      str(r.message_id or ""), (r.detail or "")[:60])
+    console.print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(address: str, category: str = "", note: str = "",
+                     account: AccountOpt = None) -> None:
+    """Suppress an address by hand."""
+    parts = _parts()
+    try:
+        with parts.engine.begin() as conn:
+            from postwarden import addresses
+
+            added = suppression.suppress(conn, _account(conn, account).id,
+                                         addresses.check(address), reason=suppression.MANUAL,
+                                         detail=note, source="cli", category=category,
+                                         actor="cli")
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    console.print(f"{address}: " + ("suppressed" if added else "was already suppressed"))
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(address: str, category: str | None = None,
+                        account: AccountOpt = None) -> None:
+    """Mark an address as valid again (audited); lists what was dropped for it lately."""
+    parts = _parts()
+    try:
+        with parts.engine.begin() as conn:
+            account_id = _account(conn, account).id
+            suppression.remove(conn, account_id, address, actor="cli", category=category)
+            dropped = suppression.dropped_since_removal(conn, account_id, address)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    console.print(f"{address} removed from the suppression list")
+    if dropped:
+        console.print(f"{len(dropped)} message(s) were dropped for it in the last 30 days: "
+                      + ", ".join(map(str, dropped))
+                      + " (resend with POST /v1/messages/{id}/resend)")
+
+
+@app.command("parse-bounce")
+def parse_bounce(files: list[Path]) -> None:
+    """Parse bounce mails: one JSON line per recipient found in each file."""
+    from postwarden.inbound import dsn
+
+    failed = False
+    for path in files:
+        try:
+            lines = dsn.parse_bounce_lines(str(path))
+        except OSError as exc:
+            console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}", style=None)
+            failed = True
+            continue
+        for line in lines:
+            print(json.dumps(line))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(keep_running: Annotated[bool, typer.Option(help="Keep serving afterwards")] = False,
+         count: Annotated[int, typer.Option(help="Recipients in the demo broadcast")] = 300,
+         port: Annotated[int, typer.Option()] = 8025,
+         database: Annotated[Path, typer.Option(help="SQLite file (made anew)")] =
+         Path("postwarden-demo.db")) -> None:
+    """Deliver a realistic broadcast to a loopback recipient simulator and show the outcome."""
+    from postwarden import demo as demo_module
+
+    asyncio.run(demo_module.run(console, database=database, count=count, port=port,
+                                keep_running=keep_running))

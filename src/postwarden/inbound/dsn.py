@@ -1,0 +1,950 @@
+"""Parse one raw mail (bytes) into a delivery report. Pure: no I/O except parse_bounce_lines.
+
+Understands RFC 3464 delivery status notifications (bounce, delay, success), RFC 5965 ARF
+complaints, Amazon SES JSON notifications, RFC 3834 auto-replies, and the non-standard
+plain-text bounces of Exim, qmail, Sendmail, Postfix, Exchange, Gmail, Yahoo, Lotus and others
+(a recipient address followed by the remote server's words).
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.header import decode_header
+from email.message import Message
+from email.parser import HeaderParser
+from email.policy import compat32
+from enum import StrEnum
+from types import MappingProxyType
+
+from postwarden.classify import (
+    Verdict,
+    classify,
+    extract_reply_code,
+    extract_status,
+    smtp_command,
+)
+
+__all__ = ["Kind", "Recipient", "Report", "parse", "parse_bounce_lines", "split_mbox"]
+
+
+class Kind(StrEnum):
+    BOUNCE = "bounce"
+    DELAY = "delay"
+    SUCCESS = "success"
+    COMPLAINT = "complaint"
+    AUTOREPLY = "autoreply"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    original: str | None
+    kind: Kind
+    status: str | None
+    reply_code: int | None
+    diagnostic: str
+    remote_mta: str | None
+    verdict: Verdict | None
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    kind: Kind
+    recipients: tuple[Recipient, ...]
+    envelope_to: tuple[str, ...] = ()
+    original_message_id: str | None = None
+    returned_headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    feedback_type: str | None = None
+    subject: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+_ADDR_CHARS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]"
+_ADDR_RE = re.compile(
+    r"(?<![\w.+\-=])"
+    rf"(\"[^\"\r\n]{{1,64}}\"|{_ADDR_CHARS}{{1,128}})"
+    r"@([A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}"
+    r"[A-Za-z0-9])?)+|\[[0-9.:A-Fa-f]+\])"
+)
+_SPACE_RE = re.compile(r"[ \t]+")
+_WS_RE = re.compile(r"\s+")
+_MBOX_SEP_RE = re.compile(rb"(?m)^From [^\r\n]*\r?\n")
+_BOUNCE_FROM_RE = re.compile(
+    r"mailer-daemon|post_?master|mail delivery|maildelivery|mail-daemon|mailer daemon|"
+    r"mdaemon|bounce|noreply-dsn|nobody@|system administrator|delivery subsystem|"
+    r"mail administrator|returned mail|daemon@",
+    re.I,
+)
+_BOUNCE_SUBJECT_RE = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|has failed|notification|problem)|"
+    r"failure notice|failed delivery|returned mail|returned to sender|mail delivery|"
+    r"could not be delivered|delivery report|non[- ]?delivery|nondeliverable|not delivered|"
+    r"rejected|bounce|mail system error|warning: could not|permanent error|"
+    r"delayed mail|unzustellbar|non remis|error sending|failed: |failure|"
+    r"message you sent|error|unable to deliver|mensaje no entregado|returned",
+    re.I,
+)
+_AUTOREPLY_SUBJECT_RE = re.compile(
+    r"out of (?:the )?office|auto(?:matic)?[- ]?(?:reply|response|answer)|vacation|"
+    r"away (?:from|until)|abwesen|absence|abwesenheit|r[ée]ponse automatique|"
+    r"respuesta autom|risposta automatica|i am away|i'm away|on leave|autoreply|"
+    r"自動応答|不在",
+    re.I,
+)
+_AUTOREPLY_BODY_RE = re.compile(
+    r"out of (?:the )?office|i am (?:currently )?(?:away|out of)|i'm (?:currently )?(?:away|out)|"
+    r"on vacation|on holiday|on leave|auto(?:matic)?[- ]?reply|will be back|limited access to",
+    re.I,
+)
+
+
+def _decode_header(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if "=?" not in text:
+        return _WS_RE.sub(" ", text).strip()
+    try:
+        out = []
+        for chunk, charset in decode_header(text):
+            if isinstance(chunk, bytes):
+                out.append(_bytes_to_str(chunk, charset))
+            else:
+                out.append(chunk)
+        return _WS_RE.sub(" ", "".join(out)).strip()
+    except Exception:
+        return _WS_RE.sub(" ", text).strip()
+
+
+def _bytes_to_str(data: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            return data.decode(charset, "replace")
+        except (LookupError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _payload_text(part: Message) -> str:
+    """The decoded text of a non-multipart part."""
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if isinstance(data, bytes):
+        return _bytes_to_str(data, part.get_content_charset())
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, list):
+        return "\n\n".join(
+            "\n".join(f"{k}: {v}" for k, v in m.items()) for m in payload if isinstance(m, Message)
+        )
+    return ""
+
+
+def _clean_address(value: str) -> str | None:
+    """addr-spec from "rfc822; <Foo@Example.COM>" etc., domain lowercased."""
+    if not value:
+        return None
+    value = _decode_header(value)
+    if ";" in value:
+        value = value.split(";", 1)[1]
+    value = value.strip().strip("<>").strip()
+    m = _ADDR_RE.search(value)
+    if m:
+        local, domain = m.group(1), m.group(2)
+        return f"{local}@{domain.lower()}"
+    value = value.strip("<>\"' ")
+    return value or None
+
+
+def _addr(local: str, domain: str) -> str:
+    return f"{local}@{domain.lower()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Header blocks and field lists
+# --------------------------------------------------------------------------------------------
+def _field_blocks(text: str) -> list[list[tuple[str, str]]]:
+    """Unfold "Name: value" lines into blocks separated by blank lines."""
+    blocks: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = []
+            continue
+        if line[0] in " \t" and current:
+            name, value = current[-1]
+            current[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name.strip() and len(name) < 40:
+            current.append((name.strip().lower(), value.strip()))
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+_RCPT_FIELDS = frozenset(
+    {
+        "original-recipient", "final-recipient", "action", "status", "remote-mta",
+        "diagnostic-code", "last-attempt-date", "will-retry-until", "x-actual-recipient",
+        "final-log-id", "x-supplementary-info", "x-display-name",
+    }
+)
+
+
+def _recipient_groups(text: str) -> list[dict[str, str]]:
+    """Per-recipient field groups of a message/delivery-status body (tolerates missing blank
+    lines between groups)."""
+    groups: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for block in _field_blocks(text):
+        if current.get("final-recipient") or current.get("original-recipient"):
+            groups.append(current)
+        current = {}
+        for i, (name, value) in enumerate(block):
+            if name not in _RCPT_FIELDS:
+                continue
+            if name in current or (
+                name == "original-recipient"
+                and ("action" in current or "status" in current)
+                and _final_follows(block, i + 1)
+            ):
+                if current.get("final-recipient") or current.get("original-recipient"):
+                    groups.append(current)
+                current = {}
+            current[name] = value
+    if current.get("final-recipient") or current.get("original-recipient"):
+        groups.append(current)
+    return groups
+
+
+def _final_follows(block: list[tuple[str, str]], start: int) -> bool:
+    """Whether a Final-Recipient comes next (before the fields that end a group)."""
+    for name, _ in block[start:]:
+        if name == "final-recipient":
+            return True
+        if name in ("action", "status", "diagnostic-code"):
+            return False
+    return False
+
+
+def _headers_from_text(text: str) -> dict[str, str]:
+    """Headers of a returned original given as text; starts at the first header-like line."""
+    lines = text.splitlines()
+    start = None
+    for i, line in enumerate(lines[:400]):
+        if _HEADER_LINE_RE.match(line):
+            start = i
+            break
+    if start is None:
+        return {}
+    chunk = "\n".join(lines[start:start + 400])
+    try:
+        msg = HeaderParser(policy=compat32).parsestr(chunk, headersonly=True)
+    except Exception:
+        return {}
+    return _header_map(msg)
+
+
+_HEADER_LINE_RE = re.compile(
+    r"^(?:Return-Path|Received|Message-I[dD]|From|To|Subject|Date|DKIM-Signature|MIME-Version|"
+    r"Content-Type|X-[\w\-]+|Reply-To|Delivered-To|Authentication-Results|Cc):",
+    re.I,
+)
+
+
+def _header_map(msg: Message) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        items = msg.items()
+    except Exception:
+        return out
+    for name, value in items:
+        key = str(name).strip().lower()
+        if key and key not in out:
+            out[key] = _decode_header(value)
+    return out
+
+
+def _message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    m = re.search(r"<([^<>\s]+)>", value)
+    if m:
+        return m.group(1)
+    return value.strip("<> ") or None
+
+
+# --------------------------------------------------------------------------------------------
+# Walking the MIME tree
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Parts:
+    delivery_status: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    returned: list[dict[str, str]] = field(default_factory=list)
+    returned_msgs: list[Message] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    htmls: list[str] = field(default_factory=list)
+
+
+_FIELD_TYPES = frozenset(
+    {"message/delivery-status", "message/global-delivery-status", "message/feedback-report"}
+)
+
+
+def _walk(msg: Message, parts: _Parts, depth: int = 0) -> None:
+    if depth > 20:
+        return
+    ctype = msg.get_content_type()
+    if msg.is_multipart() and ctype not in _FIELD_TYPES:
+        payload = msg.get_payload()
+        if not isinstance(payload, list):
+            return
+        if ctype in ("message/rfc822", "message/global"):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    parts.returned.append(_header_map(sub))
+                    parts.returned_msgs.append(sub)
+            return
+        for sub in payload:
+            if isinstance(sub, Message):
+                _walk(sub, parts, depth + 1)
+        return
+    if ctype in ("message/delivery-status", "message/global-delivery-status"):
+        parts.delivery_status.append(_payload_text(msg))
+    elif ctype == "message/feedback-report":
+        parts.feedback.append(_payload_text(msg))
+    elif ctype in ("text/rfc822-headers", "text/global-headers", "message/rfc822-headers"):
+        parts.returned.append(_headers_from_text(_payload_text(msg)))
+    elif ctype in ("message/rfc822", "message/global"):
+        parts.returned.append(_headers_from_text(_payload_text(msg)))
+    elif ctype.startswith("multipart/"):  # multipart without a usable boundary
+        parts.texts.append(_payload_text(msg))
+    elif ctype == "text/html":
+        parts.htmls.append(_payload_text(msg))
+    elif ctype.startswith("text/") or ctype == "application/json":
+        parts.texts.append(_payload_text(msg))
+
+
+_TAG_RE = re.compile(r"<(?:br|p|div|tr|li|/p|/div|/tr|/li|/h\d)[^>]*>", re.I)
+_ANYTAG_RE = re.compile(r"<[^>]+>")
+_ENTITY = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&nbsp;": " ", "&quot;": '"', "&#39;": "'"}
+_ENTITY_RE = re.compile("|".join(_ENTITY))
+
+
+def _html_to_text(html: str) -> str:
+    text = _TAG_RE.sub("\n", html)
+    text = _ANYTAG_RE.sub("", text)
+    return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def split_mbox(raw: bytes) -> list[bytes]:
+    """Split an mbox (messages introduced by "From " lines) into messages; a single message,
+    with or without a leading "From " line, is returned as a one-element list."""
+    if not raw.startswith(b"From "):
+        return [raw]
+    pieces = [p for p in _MBOX_SEP_RE.split(raw) if p.strip()]
+    # A "From " line inside a body is escaped by writers; still, only keep pieces that look
+    # like messages (have a header line), and glue the others to their predecessor.
+    out: list[bytes] = []
+    for piece in pieces:
+        head = piece[:2000]
+        if out and not re.match(rb"[\x21-\x39\x3b-\x7e]+:", head):
+            out[-1] += b"From " + piece
+        else:
+            out.append(piece)
+    return out or [raw]
+
+
+def parse(raw: bytes) -> Report:
+    """Parse one mail. Never raises: malformed input gives Kind.UNKNOWN with no recipients."""
+    try:
+        return _parse(raw)
+    except Exception:
+        return Report(Kind.UNKNOWN, ())
+
+
+def parse_bounce_lines(path: str) -> list[dict]:
+    """What `postwarden parse-bounce FILE` prints: one dict per recipient."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    lines: list[dict] = []
+    for piece in split_mbox(raw):
+        report = parse(piece)
+        if not report.recipients or report.kind in (Kind.AUTOREPLY, Kind.UNKNOWN):
+            lines.append(
+                {"file": path, "recipient": None, "status": None, "reason": None, "hard": None,
+                 "kind": str(report.kind if report.kind != Kind.BOUNCE else Kind.UNKNOWN)}
+            )
+            continue
+        for r in report.recipients:
+            v = r.verdict
+            lines.append(
+                {"file": path, "recipient": r.address, "status": r.status,
+                 "reason": v.reason if v else None, "hard": v.hard if v else None,
+                 "kind": str(r.kind)}
+            )
+    return lines
+
+
+def _parse(raw: bytes, depth: int = 0) -> Report:
+    if raw.startswith(b"From "):
+        nl = raw.find(b"\n")
+        raw = raw[nl + 1:] if nl >= 0 else b""
+    msg = email.message_from_bytes(raw, policy=compat32)
+    subject = _decode_header(msg.get("Subject"))
+    parts = _Parts()
+    _walk(msg, parts)
+    if msg.is_multipart() is False and msg.get_content_maintype() == "multipart":
+        repaired = _repair_boundary(msg)
+        if repaired is not None:
+            msg = repaired
+            parts = _Parts()
+            _walk(msg, parts)
+    returned = _merge_returned(parts.returned)
+    ctx = _Context(msg, subject, parts, returned)
+
+    if parts.feedback or _is_jmrp(ctx):
+        return _complaint(ctx)
+    if msg.get("X-Apple-Unsubscribe", "").strip().lower() == "true":
+        return _unsubscribe(ctx)
+    if parts.delivery_status:
+        report = _from_dsn(ctx)
+        if report is not None:
+            return report
+    body = "\n".join(parts.texts) or "\n".join(_html_to_text(h) for h in parts.htmls)
+    ctx.body = body
+    ses = _from_ses(ctx)
+    if ses is not None:
+        return ses
+    if _looks_like_autoreply(ctx):
+        return ctx.report(Kind.AUTOREPLY, ())
+    if "final-recipient:" in body.lower():
+        report = _from_dsn_text(ctx, body)
+        if report is not None:
+            return report
+    if _looks_like_bounce(ctx):
+        report = _from_plain(ctx)
+        if report.recipients:
+            return report
+    inner = _inner_bounce(ctx, depth)
+    if inner is not None:
+        return inner
+    return ctx.report(Kind.UNKNOWN, ())
+
+
+def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
+    """A bounce forwarded as an attachment (message/rfc822 holding a DSN)."""
+    if depth > 2:
+        return None
+    for sub in ctx.parts.returned_msgs:
+        ctype = sub.get_content_type()
+        sender = str(sub.get("From", ""))
+        if ctype == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
+            try:
+                report = _parse(sub.as_bytes(), depth + 1)
+            except Exception:
+                continue
+            if report.recipients and report.kind != Kind.AUTOREPLY:
+                return report
+    return None
+
+
+@dataclass(slots=True)
+class _Context:
+    msg: Message
+    subject: str
+    parts: _Parts
+    returned: dict[str, str]
+    body: str = ""
+
+    def report(
+        self, kind: Kind, recipients: tuple[Recipient, ...], feedback_type: str | None = None,
+        returned: dict[str, str] | None = None,
+    ) -> Report:
+        headers = returned if returned is not None else self.returned
+        return Report(
+            kind=kind,
+            recipients=recipients,
+            original_message_id=_message_id(headers.get("message-id")),
+            returned_headers=MappingProxyType(dict(headers)),
+            feedback_type=feedback_type,
+            subject=self.subject,
+        )
+
+
+_BOUNDARY_LINE_RE = re.compile(r"(?m)^--([^\s]{1,200}?)(?:--)?[ \t]*\r?$")
+
+
+def _repair_boundary(msg: Message) -> Message | None:
+    """Reparse a multipart whose declared boundary does not occur in its body, using the
+    boundary lines actually present."""
+    payload = msg.get_payload()
+    if not isinstance(payload, str):
+        return None
+    m = _BOUNDARY_LINE_RE.search(payload)
+    if not m or msg.get_boundary() == m.group(1):
+        return None
+    try:
+        msg.set_boundary(m.group(1))
+        return email.message_from_bytes(msg.as_bytes(), policy=compat32)
+    except Exception:
+        return None
+
+
+def _merge_returned(blocks: list[dict[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for block in blocks:
+        for k, v in block.items():
+            out.setdefault(k, v)
+    return out
+
+
+# ---- ARF complaints --------------------------------------------------------------------------
+def _complaint(ctx: _Context) -> Report:
+    fields: dict[str, str] = {}
+    for text in ctx.parts.feedback:
+        for block in _field_blocks(text):
+            for name, value in block:
+                fields.setdefault(name, value)
+    rcpt = _clean_address(fields.get("original-rcpt-to", "")) or _clean_address(
+        ctx.returned.get("x-hmxmroriginalrecipient", "")
+    )
+    if not rcpt:
+        to = ctx.returned.get("to", "")
+        m = _ADDR_RE.search(to)
+        rcpt = _addr(m.group(1), m.group(2)) if m else None
+    ftype = (fields.get("feedback-type") or "").strip().lower() or "abuse"
+    recipients: tuple[Recipient, ...] = ()
+    if rcpt:
+        recipients = (Recipient(rcpt, None, Kind.COMPLAINT, None, None, "", None, None),)
+    return ctx.report(Kind.COMPLAINT, recipients, feedback_type=ftype)
+
+
+def _is_jmrp(ctx: _Context) -> bool:
+    """Microsoft's junk mail reporting program: the reported message, with its original
+    recipient in X-HmXmrOriginalRecipient, without an ARF part."""
+    return "x-hmxmroriginalrecipient" in ctx.returned or (
+        "complaint about message from" in ctx.subject.lower() and bool(ctx.parts.returned)
+    )
+
+
+def _unsubscribe(ctx: _Context) -> Report:
+    """Apple Mail's "unsubscribe" mail: the sender of this mail asks to stop receiving mail."""
+    m = _ADDR_RE.search(_decode_header(ctx.msg.get("From", "")))
+    recipients: tuple[Recipient, ...] = ()
+    if m:
+        addr = _addr(m.group(1), m.group(2))
+        recipients = (Recipient(addr, None, Kind.COMPLAINT, None, None, "", None, None),)
+    return ctx.report(Kind.COMPLAINT, recipients, feedback_type="opt-out")
+
+
+# ---- RFC 3464 ---------------------------------------------------------------------------------
+_ACTION_KIND = {
+    "failed": Kind.BOUNCE, "failure": Kind.BOUNCE, "delayed": Kind.DELAY,
+    "delivered": Kind.SUCCESS, "relayed": Kind.SUCCESS, "expanded": Kind.SUCCESS,
+    "deliverable": Kind.SUCCESS,
+}
+_TYPE_PREFIX_RE = re.compile(r"^\s*[\w\-]{1,20}\s*;\s*")
+_DIAG_PREFIX_RE = re.compile(r"^\s*(?:smtp|x-[\w\-]+|x400|unix|mail)\s*;\s*", re.I)
+
+
+def _from_dsn(ctx: _Context) -> Report | None:
+    groups: list[dict[str, str]] = []
+    for text in ctx.parts.delivery_status:
+        groups.extend(_recipient_groups(text))
+    if not groups:
+        return None
+    human = "\n".join(ctx.parts.texts) or "\n".join(_html_to_text(h) for h in ctx.parts.htmls)
+    return _report_from_groups(ctx, groups, human)
+
+
+def _from_dsn_text(ctx: _Context, body: str) -> Report | None:
+    start = body.lower().find("final-recipient:")
+    region = body[max(0, start - 2000):]
+    groups = _recipient_groups(region)
+    if not groups:
+        return None
+    return _report_from_groups(ctx, groups, body[:start])
+
+
+def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str) -> Report:
+    recipients: list[Recipient] = []
+    human_region = _cut_returned(human)
+    for g in groups:
+        final = _clean_address(g.get("final-recipient", "")) or _clean_address(
+            g.get("original-recipient", "")
+        )
+        if not final:
+            continue
+        original = _clean_address(g.get("original-recipient", "")) or _clean_address(
+            g.get("x-actual-recipient", "")
+        )
+        if original and original.lower() == final.lower():
+            original = None
+        status = _norm_status(g.get("status", ""))
+        action = (g.get("action") or "").strip().lower().split(" ")[0]
+        kind = _ACTION_KIND.get(action)
+        if kind is None:
+            if status and status[0] == "2":
+                kind = Kind.SUCCESS
+            elif status and status[0] == "4":
+                kind = Kind.DELAY if "delay" in action else Kind.BOUNCE
+            else:
+                kind = Kind.BOUNCE
+        raw_diag = g.get("diagnostic-code", "")
+        diag_type = ""
+        m = _DIAG_PREFIX_RE.match(raw_diag)
+        if m:
+            diag_type = m.group(0).strip().rstrip(";").strip().lower()
+            raw_diag = raw_diag[m.end():]
+        diag = _SPACE_RE.sub(" ", raw_diag).strip()
+        context = _snippet_for(human_region, final, original)
+        remote = g.get("remote-mta")
+        remote_mta = _TYPE_PREFIX_RE.sub("", remote).strip() or None if remote else None
+        reply = extract_reply_code(diag)
+        diag_status = extract_status(diag)
+        if status and status.endswith(".0.0") and diag_status and diag_status[0] == status[0]:
+            status = diag_status
+        if not status:
+            status = diag_status
+        verdict = None
+        if kind in (Kind.BOUNCE, Kind.DELAY):
+            text = diag
+            if context and (not diag or _weak(diag)):
+                text = f"{diag}\n{context}" if diag else context
+            if diag_type.startswith("x-unix") and "x-unix" not in text.lower():
+                text = f"x-unix; {text}"
+            command = smtp_command(diag.lower()) or smtp_command(context.lower())
+            verdict = classify(text, status=status, reply_code=reply, command=command)
+            if kind is Kind.DELAY and verdict.reason in ("onhold", "undefined"):
+                verdict = classify("delivery delayed", status=None)
+        recipients.append(
+            Recipient(final, original, kind, status, reply, diag or context, remote_mta, verdict)
+        )
+    return ctx.report(_overall(recipients), tuple(recipients))
+
+
+def _weak(diag: str) -> bool:
+    """A diagnostic with only codes or boilerplate: read the human-readable part as well."""
+    letters = sum(c.isalpha() for c in diag)
+    return letters < 12
+
+
+def _norm_status(value: str) -> str | None:
+    return extract_status(value) if value else None
+
+
+def _overall(recipients: list[Recipient]) -> Kind:
+    kinds = {r.kind for r in recipients}
+    for k in (Kind.BOUNCE, Kind.DELAY, Kind.COMPLAINT, Kind.SUCCESS):
+        if k in kinds:
+            return k
+    return Kind.UNKNOWN
+
+
+# ---- Amazon SES JSON --------------------------------------------------------------------------
+def _from_ses(ctx: _Context) -> Report | None:
+    body = ctx.body
+    if "notificationType" not in body and "eventType" not in body:
+        return None
+    start = body.find("{")
+    end = body.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    chunk = body[start:end + 1]
+    try:
+        data = json.loads(chunk, strict=False)
+    except ValueError:
+        try:  # notifications wrapped at a fixed line length
+            data = json.loads(re.sub(r"\r?\n", "", chunk), strict=False)
+        except ValueError:
+            return None
+    if isinstance(data, dict) and isinstance(data.get("Message"), str):
+        try:
+            data = json.loads(data["Message"])
+        except ValueError:
+            return None
+    if not isinstance(data, dict):
+        return None
+    ntype = str(data.get("notificationType") or data.get("eventType") or "").lower()
+    mail = data.get("mail") if isinstance(data.get("mail"), dict) else {}
+    returned: dict[str, str] = {}
+    for h in mail.get("headers") or []:
+        if isinstance(h, dict) and "name" in h:
+            returned.setdefault(str(h["name"]).lower(), str(h.get("value", "")))
+    if "messageId" in mail and "message-id" not in returned:
+        returned["x-ses-message-id"] = str(mail["messageId"])
+    recipients: list[Recipient] = []
+    if ntype == "bounce":
+        b = data.get("bounce") or {}
+        btype = str(b.get("bounceType", ""))
+        for r in b.get("bouncedRecipients") or []:
+            addr = _clean_address(str(r.get("emailAddress", "")))
+            if not addr:
+                continue
+            diag = str(r.get("diagnosticCode") or "")
+            diag = _DIAG_PREFIX_RE.sub("", diag).strip()
+            status = _norm_status(str(r.get("status") or "")) or extract_status(diag)
+            reply = extract_reply_code(diag)
+            text = diag or f"{btype} {b.get('bounceSubType', '')}"
+            kind = Kind.BOUNCE
+            verdict = classify(text, status=status, reply_code=reply)
+            recipients.append(Recipient(addr, None, kind, status, reply, diag,
+                                        r.get("remoteMtaIp"), verdict))
+        return ctx.report(_overall(recipients), tuple(recipients), returned=returned)
+    if ntype == "complaint":
+        c = data.get("complaint") or {}
+        ftype = c.get("complaintFeedbackType")
+        for r in c.get("complainedRecipients") or []:
+            addr = _clean_address(str(r.get("emailAddress", "")))
+            if addr:
+                recipients.append(Recipient(addr, None, Kind.COMPLAINT, None, None, "", None,
+                                            None))
+        return ctx.report(Kind.COMPLAINT, tuple(recipients),
+                          feedback_type=str(ftype).lower() if ftype else "abuse",
+                          returned=returned)
+    if ntype == "delivery":
+        d = data.get("delivery") or {}
+        diag = str(d.get("smtpResponse") or "")
+        for a in d.get("recipients") or []:
+            addr = _clean_address(str(a))
+            if addr:
+                recipients.append(Recipient(addr, None, Kind.SUCCESS, extract_status(diag),
+                                            extract_reply_code(diag), diag,
+                                            d.get("remoteMtaIp"), None))
+        return ctx.report(Kind.SUCCESS, tuple(recipients), returned=returned)
+    return None
+
+
+# ---- auto-replies -----------------------------------------------------------------------------
+def _looks_like_autoreply(ctx: _Context) -> bool:
+    msg = ctx.msg
+    sender = f"{msg.get('From', '')} {msg.get('Return-Path', '')}"
+    if (_BOUNCE_FROM_RE.search(sender) or msg.get("X-Failed-Recipients")) and (
+        _BOUNCE_SUBJECT_RE.search(ctx.subject) or _DELAY_RE.search(ctx.subject)
+    ):
+        return False
+    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
+    prec = str(msg.get("Precedence", "")).strip().lower()
+    if (
+        auto.startswith("auto-replied")
+        or msg.get("X-Autoreply") is not None
+        or msg.get("X-Autorespond") is not None
+        or prec == "auto_reply"
+        or (str(msg.get("X-Auto-Response-Suppress", "")).lower() == "all"
+        and _AUTOREPLY_SUBJECT_RE.search(ctx.subject))
+    ):
+        return not _BOUNCE_SUBJECT_RE.search(ctx.subject) or bool(
+            _AUTOREPLY_SUBJECT_RE.search(ctx.subject)
+        )
+    if _AUTOREPLY_SUBJECT_RE.search(ctx.subject):
+        return True
+    return bool(auto and auto != "no" and _AUTOREPLY_BODY_RE.search(ctx.body[:2000]))
+
+
+# ---- non-standard bounces ---------------------------------------------------------------------
+def _looks_like_bounce(ctx: _Context) -> bool:
+    msg = ctx.msg
+    if msg.get("X-Failed-Recipients"):
+        return True
+    sender = f"{msg.get('From', '')} {msg.get('Return-Path', '')}"
+    subj = ctx.subject
+    if _BOUNCE_FROM_RE.search(sender) or str(msg.get("Return-Path", "")).strip() == "<>":
+        return bool(_BOUNCE_SUBJECT_RE.search(subj) or _BOUNCE_BODY_RE.search(ctx.body[:6000]))
+    return bool(_BOUNCE_SUBJECT_RE.search(subj) and _BOUNCE_BODY_RE.search(ctx.body[:6000]))
+
+
+_BOUNCE_BODY_RE = re.compile(
+    r"could not be delivered|couldn't be delivered|wasn't able to deliver|unable to deliver|"
+    r"delivery (?:to the following|has failed|failed|status)|permanent(?:ly)? (?:error|fatal|"
+    r"failure)|following address(?:es|\(es\))? failed|undeliver|did not reach|"
+    r"delivery (?:problem|failure)|returned to (?:the )?sender|message was not delivered|"
+    r"remote host said|said: [45]\d\d|user unknown|mailbox|smtp error|rejected|"
+    r"failed permanently|not (?:be )?delivered|delivery to the following|error|"
+    r"delayed|temporar(?:y|ily)|transient|failure",
+    re.I,
+)
+
+_CUT_RE = re.compile(
+    r"^[ \t]*(?:"
+    r"-{2,}.{0,40}(?:original|copy of|returned|unsent|message header|headers? (?:of|follow)|"
+    r"below this line|rfc ?822|message text|enclosed|undelivered message)"
+    r"|(?:original|returned|unsent|undelivered) message(?: headers?)? follows?"
+    r"|message headers follow"
+    r"|(?:the )?(?:headers|header) (?:of|from) (?:the|your) (?:original )?message"
+    r"|-{3,} ?original message ?-{3,}"
+    r"|content-type: message/rfc822"
+    r"|return-path: ?<"
+    r"|received: (?:from|by) "
+    r"|dkim-signature: "
+    r")",
+    re.I | re.M,
+)
+
+
+def _cut_returned(text: str) -> str:
+    m = _CUT_RE.search(text)
+    return text[: m.start()] if m else text
+
+
+def _snippet_for(region: str, final: str, original: str | None) -> str:
+    """The lines of a human-readable region that talk about one address."""
+    if not region:
+        return ""
+    low = region.lower()
+    for addr in (final, original):
+        if not addr:
+            continue
+        pos = low.find(addr.lower())
+        if pos >= 0:
+            line_start = low.rfind("\n", 0, pos) + 1
+            return _SPACE_RE.sub(" ", region[line_start:line_start + 600]).strip()
+    return ""
+
+
+_NOT_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|mail-daemon|mailerdaemon)$", re.I)
+_INTRO_RE = re.compile(r"^\s*(?:[-*>]\s*)?(?:rcpt to:?\s*)?<?$", re.I)
+_QUOTED_ADDR_RE = re.compile(r"(\"[^\"\r\n]{1,64}\"|[^\s<>\"()\[\],;:]{1,128})@([\w.\-]+\.\w+)")
+
+
+def _from_plain(ctx: _Context) -> Report:
+    msg = ctx.msg
+    body = ctx.body.replace("\r\n", "\n").replace("\r", "\n")
+    region = _cut_returned(body)
+    tail = body[len(region):]
+    returned = ctx.returned
+    if not returned and tail:
+        returned = _headers_from_text(tail)
+        ctx.returned = returned
+
+    senders: set[str] = set()
+    for h in ("From", "To", "Delivered-To", "X-Original-To", "Return-Path", "Reply-To",
+              "Sender"):
+        for v in msg.get_all(h) or []:
+            for m in _ADDR_RE.finditer(_decode_header(v)):
+                senders.add(_addr(m.group(1), m.group(2)).lower())
+    for h in ("from", "return-path", "reply-to", "sender"):
+        for m in _ADDR_RE.finditer(returned.get(h, "")):
+            senders.add(_addr(m.group(1), m.group(2)).lower())
+
+    failed = [
+        a.strip() for v in msg.get_all("X-Failed-Recipients") or [] for a in str(v).split(",")
+    ]
+    failed = [c for c in (_clean_address(a) for a in failed if a) if c]
+
+    # Candidate recipients: addresses in the human-readable region, in order; "strong" ones
+    # stand where bounces put the failed address (alone on a line, "<addr>:", "to <addr>", ...).
+    strong: list[tuple[str, int]] = []
+    weak: list[tuple[str, int]] = []
+    strong_senders: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for m in _ADDR_RE.finditer(region):
+        local, domain = m.group(1), m.group(2)
+        addr = _addr(local.strip(), domain)
+        key = addr.lower()
+        if key in seen or _NOT_RCPT_LOCAL.match(local):
+            continue
+        if not _plausible(region, m.start(), m.end()):
+            continue
+        seen.add(key)
+        line_start = region.rfind("\n", 0, m.start()) + 1
+        line_end = region.find("\n", m.end())
+        line = region[line_start:m.start()] + "ADDR" + region[m.end():line_end if line_end >= 0
+                                                              else len(region)]
+        if _STRONG_RE.search(line):
+            (strong_senders if key in senders else strong).append((addr, m.start()))
+        elif key not in senders:
+            weak.append((addr, m.start()))
+    found = strong or strong_senders
+    if not found and _SMTP_EVIDENCE_RE.search(region):
+        found = weak
+
+    if failed:
+        positions = {a.lower(): p for a, p in found}
+        chosen = [(a, positions.get(a.lower(), -1)) for a in failed]
+    else:
+        chosen = found
+        rcpt_hdrs = " ".join(returned.get(h, "") for h in ("to", "cc"))
+        if not chosen and rcpt_hdrs and _SMTP_EVIDENCE_RE.search(region):
+            m = _ADDR_RE.search(rcpt_hdrs)
+            if m:
+                chosen = [(_addr(m.group(1), m.group(2)), -1)]
+
+    recipients: list[Recipient] = []
+    ordered = sorted(p for _, p in chosen if p >= 0)
+    delayed = _DELAY_RE.search(ctx.subject) is not None and not _FAIL_SUBJ_RE.search(ctx.subject)
+    for addr, pos in chosen:
+        if pos >= 0:
+            line_start = region.rfind("\n", 0, pos) + 1
+            nxt = [p for p in ordered if p > pos]
+            end = nxt[0] if nxt else len(region)
+            if nxt:
+                end = region.rfind("\n", 0, end) + 1 or end
+                end = max(end, pos + 1)
+            diag = region[line_start:end]
+            if len(chosen) == 1:
+                before = region[:line_start]
+                diag = f"{diag}\n{before}"
+        else:
+            diag = region
+        diag = _WS_RE.sub(" ", diag).strip()[:2000]
+        status = extract_status(diag)
+        reply = extract_reply_code(diag)
+        kind = Kind.DELAY if delayed else Kind.BOUNCE
+        verdict = classify(diag, status=status, reply_code=reply)
+        recipients.append(Recipient(addr, None, kind, status, reply, diag, None, verdict))
+    if not recipients:
+        return ctx.report(Kind.UNKNOWN, ())
+    return ctx.report(_overall(recipients), tuple(recipients))
+
+
+_STRONG_RE = re.compile(
+    r"^\W*ADDR\W*$"
+    r"|^\s*[<\"'(\[]*ADDR"
+    r"|^\s*[\w ]{1,40}:\s*[<\"]?ADDR[>\"]?\W*$"
+    r"|\d{3}[ -]<?ADDR>?(?:\.\.\.|:)"
+    r"|(?:^|\s)(?:to|for|recipients?|address(?:es)?|rcpt|destinataire|an|a)\W{0,3}[<\"(]?ADDR"
+    r"|^\s*[*>-]+\s*<?ADDR"
+    r"|^\s*(?:final-recipient|original-recipient|recipient|address|to|rcpt to|"
+    r"failed recipient|e-?mail)\s*:\s*(?:rfc822;\s*)?[<\"]?ADDR",
+    re.I,
+)
+_SMTP_EVIDENCE_RE = re.compile(
+    r"(?<![\d.])[245]\d\d[ -]|#?[245]\.\d{1,3}\.\d{1,3}\b|said:|smtp error|remote host",
+    re.I,
+)
+_DELAY_RE = re.compile(r"delay|warning|still (?:being )?(?:tried|trying)|retrying", re.I)
+_FAIL_SUBJ_RE = re.compile(r"fail|undeliver|returned|error|rejected", re.I)
+
+
+def _plausible(region: str, start: int, end: int) -> bool:
+    """Skip addresses inside URLs and Message-IDs."""
+    before = region[max(0, start - 12):start].lower()
+    if "://" in before or before.endswith("message-id: <") or before.endswith("id=<"):
+        return False
+    after = region[end:end + 1]
+    return after != "/"

@@ -1,0 +1,329 @@
+"""Read side: the mail log with its filters and cursor, one message's whole story, broadcast
+results. Shared by the JSON API, the CLI and the web UI so they always agree."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, or_, select
+
+from postwarden import addresses, classify, errors
+from postwarden.status import UNDELIVERED, Status
+from postwarden.store import tables as t
+
+m = t.messages
+
+UNDELIVERED_VALUES = tuple(sorted(s.value for s in UNDELIVERED))
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    statuses: Sequence[str] = ()
+    undelivered: bool = False
+    address: str | None = None
+    broadcast_id: int | None = None
+    category: str | None = None
+    channel: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def validate(self) -> LogFilter:
+        unknown = [s for s in self.statuses if s not in Status._value2member_map_]
+        if unknown:
+            raise errors.InvalidInput(
+                f"unknown status {unknown[0]!r}; one of " + ", ".join(s.value for s in Status)
+            )
+        if self.since and self.until and self.since > self.until:
+            raise errors.InvalidInput("since is after until")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"m{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("m"):
+            raise ValueError(cursor)
+        return int(text[1:])
+    except ValueError as exc:
+        raise errors.InvalidInput("the cursor is not one this API gave out") from exc
+
+
+def _filtered(account_id: int, f: LogFilter, query: Select[Any]) -> Select[Any]:
+    query = query.where(m.c.account_id == account_id)
+    statuses = set(f.statuses)
+    if f.undelivered:
+        statuses = statuses & set(UNDELIVERED_VALUES) if statuses else set(UNDELIVERED_VALUES)
+        if not statuses:
+            statuses = {"-"}
+    if statuses:
+        query = query.where(m.c.status.in_(sorted(statuses)))
+    if f.address:
+        wanted = f.address.strip().lower()
+        if wanted.startswith("@"):
+            query = query.where(m.c.to_addr.endswith(wanted, autoescape=True))
+        else:
+            query = query.where(m.c.to_addr == addresses.normalize(wanted))
+    if f.broadcast_id is not None:
+        query = query.where(m.c.broadcast_id == f.broadcast_id)
+    if f.category is not None:
+        query = query.where(m.c.category == f.category)
+    if f.channel is not None:
+        query = query.where(m.c.channel == f.channel)
+    if f.since is not None:
+        query = query.where(m.c.created_at >= f.since)
+    if f.until is not None:
+        query = query.where(m.c.created_at < f.until)
+    return query
+
+
+_LOG_COLUMNS = (
+    m.c.id,
+    m.c.to_addr,
+    m.c.channel,
+    m.c.status,
+    m.c.reason,
+    m.c.detail,
+    m.c.category,
+    m.c.broadcast_id,
+    m.c.attempts,
+    m.c.created_at,
+    m.c.updated_at,
+    m.c.flags,
+    m.c.resend_of,
+    t.contents.c.subject,
+)
+
+
+def log_row(row: Any) -> dict[str, Any]:
+    item = dict(row._mapping)
+    item["to"] = item.pop("to_addr")
+    return item
+
+
+def mail_log(
+    conn: Connection, account_id: int, f: LogFilter, *, cursor: str | None = None, limit: int = 50
+) -> Page:
+    """Newest first; the cursor is the last id seen, so pages stay stable while mail flows."""
+    query = _filtered(
+        account_id,
+        f.validate(),
+        select(*_LOG_COLUMNS).join(t.contents, t.contents.c.id == m.c.content_id),
+    )
+    if cursor:
+        query = query.where(m.c.id < decode_cursor(cursor))
+    rows = conn.execute(query.order_by(m.c.id.desc()).limit(limit + 1)).all()
+    items = [log_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
+    return Page(items, next_cursor)
+
+
+def count_by_status(conn: Connection, account_id: int, f: LogFilter) -> dict[str, int]:
+    query = _filtered(account_id, f.validate(), select(m.c.status, func.count()))
+    return dict(conn.execute(query.group_by(m.c.status)).tuples().all())
+
+
+def explain(reason: str | None, status: str) -> dict[str, str] | None:
+    """The plain-language explanation and next step for a message's status and reason."""
+    if status in ("bounced", "deferred") and reason:
+        group, explanation, next_step = classify.describe(reason)
+        return {"group": group, "explanation": explanation, "next_step": next_step}
+    return _STATUS_WORDS.get(status)
+
+
+_STATUS_WORDS: dict[str, dict[str, str]] = {
+    "pending": {
+        "group": "waiting",
+        "explanation": "Accepted and waiting for its first attempt.",
+        "next_step": "Nothing to do; it can still be cancelled.",
+    },
+    "sending": {
+        "group": "in progress",
+        "explanation": "A delivery attempt is under way.",
+        "next_step": "Nothing to do.",
+    },
+    "sent": {
+        "group": "sent",
+        "explanation": "The relay accepted it; no word from the recipient's server yet.",
+        "next_step": "Nothing to do.",
+    },
+    "delivered": {
+        "group": "delivered",
+        "explanation": "The recipient's server accepted it.",
+        "next_step": "Nothing to do.",
+    },
+    "opened": {
+        "group": "delivered",
+        "explanation": "It was delivered and opened.",
+        "next_step": "Nothing to do.",
+    },
+    "clicked": {
+        "group": "delivered",
+        "explanation": "It was delivered and a link was followed.",
+        "next_step": "Nothing to do.",
+    },
+    "failed": {
+        "group": "refused by Postwarden",
+        "explanation": "Postwarden did not send it: the address or its domain cannot receive mail.",
+        "next_step": "Correct the address and resend.",
+    },
+    "dropped": {
+        "group": "suppressed",
+        "explanation": "Not sent: the address is on the "
+        "suppression list after an earlier hard bounce, complaint or unsubscribe.",
+        "next_step": "If the address works again, mark it as valid and resend.",
+    },
+    "blocked": {
+        "group": "blocked",
+        "explanation": "Not sent: the address or its domain is on the account's block list.",
+        "next_step": "Remove it from the block list if it was blocked by mistake.",
+    },
+    "duplicate": {
+        "group": "duplicate",
+        "explanation": "Not sent: the same address appears "
+        "earlier in this broadcast, which was sent once.",
+        "next_step": "Nothing to do.",
+    },
+    "no_channel": {
+        "group": "no channel",
+        "explanation": "Not sent: the recipient has no "
+        "address for this channel or did not opt in to it for this category.",
+        "next_step": "Add an address or ask the recipient to opt in.",
+    },
+    "cancelled": {
+        "group": "cancelled",
+        "explanation": "Cancelled before it was sent.",
+        "next_step": "Resend it if it is still wanted.",
+    },
+}
+
+
+def message_detail(conn: Connection, account_id: int, message_id: int) -> dict[str, Any]:
+    """Everything known about one message; NotFound for another account's message."""
+    row = conn.execute(
+        select(m, t.contents.c.from_addr, t.contents.c.from_name, t.contents.c.subject)
+        .join(t.contents, t.contents.c.id == m.c.content_id)
+        .where(m.c.id == message_id, m.c.account_id == account_id)
+    ).first()
+    if row is None:
+        raise errors.NotFound(f"no message {message_id}")
+    item = dict(row._mapping)
+    item.pop("lease_owner", None)
+    item["to"] = item.pop("to_addr")
+    item["from"] = item.pop("from_addr")
+    item["explanation"] = explain(item["reason"], item["status"])
+    item["events"] = [
+        dict(e._mapping)
+        for e in conn.execute(
+            select(
+                t.events.c.kind,
+                t.events.c.source,
+                t.events.c.occurred_at,
+                t.events.c.status_after,
+                t.events.c.reason,
+                t.events.c.hard,
+                t.events.c.code,
+                t.events.c.detail,
+                t.events.c.data,
+                t.events.c.inbound_id,
+            )
+            .where(t.events.c.message_id == message_id)
+            .order_by(t.events.c.occurred_at, t.events.c.id)
+        )
+    ]
+    item["attempts"] = [
+        dict(a._mapping)
+        for a in conn.execute(
+            select(
+                t.delivery_attempts.c.number,
+                t.delivery_attempts.c.started_at,
+                t.delivery_attempts.c.duration_ms,
+                t.delivery_attempts.c.via,
+                t.delivery_attempts.c.remote,
+                t.delivery_attempts.c.outcome,
+                t.delivery_attempts.c.code,
+                t.delivery_attempts.c.enhanced,
+                t.delivery_attempts.c.text,
+                t.delivery_attempts.c.transcript,
+            )
+            .where(t.delivery_attempts.c.message_id == message_id)
+            .order_by(t.delivery_attempts.c.number, t.delivery_attempts.c.id)
+        )
+    ]
+    item["attachments"] = [
+        {"filename": a.filename, "content_type": a.content_type, "size": a.size, "stored": a.stored}
+        for a in conn.execute(
+            select(
+                t.attachments.c.filename,
+                t.attachments.c.content_type,
+                t.attachments.c.size,
+                t.attachments.c.data.is_not(None).label("stored"),
+            )
+            .where(t.attachments.c.message_id == message_id)
+            .order_by(t.attachments.c.id)
+        )
+    ]
+    item["resent_as"] = list(
+        conn.scalars(select(m.c.id).where(m.c.resend_of == message_id).order_by(m.c.id))
+    )
+    item["suppression"] = _suppression_of(conn, account_id, item["to"], item["category"])
+    return item
+
+
+def _suppression_of(
+    conn: Connection, account_id: int, address: str, category: str
+) -> dict[str, Any] | None:
+    if not address:
+        return None
+    row = conn.execute(
+        select(
+            t.suppressions.c.reason,
+            t.suppressions.c.detail,
+            t.suppressions.c.category,
+            t.suppressions.c.created_at,
+            t.suppressions.c.message_id,
+        )
+        .where(
+            t.suppressions.c.account_id == account_id,
+            t.suppressions.c.address == address,
+            or_(t.suppressions.c.category == "", t.suppressions.c.category == category),
+        )
+        .limit(1)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def broadcast_detail(conn: Connection, account_id: int, broadcast_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        select(t.broadcasts, t.contents.c.subject, t.contents.c.from_addr)
+        .join(t.contents, t.contents.c.id == t.broadcasts.c.content_id)
+        .where(and_(t.broadcasts.c.id == broadcast_id, t.broadcasts.c.account_id == account_id))
+    ).first()
+    if row is None:
+        raise errors.NotFound(f"no broadcast {broadcast_id}")
+    item = dict(row._mapping)
+    item["from"] = item.pop("from_addr")
+    item["counts"] = dict(
+        conn.execute(
+            select(m.c.status, func.count())
+            .where(m.c.broadcast_id == broadcast_id)
+            .group_by(m.c.status)
+        )
+        .tuples()
+        .all()
+    )
+    return item

@@ -1,0 +1,99 @@
+"""All queue SQL: claiming due messages with leases, and the schedule of their next attempt.
+
+One statement serves both databases: PostgreSQL gets ``FOR UPDATE SKIP LOCKED`` so several
+workers share the queue; SQLite drops the clause and relies on its single writer. A claim is
+a lease: a worker that dies leaves its messages to be claimed again once the lease expires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from postwarden.status import TRANSITIONS, Status
+from postwarden.store import tables as t
+
+CLAIMABLE = tuple(s.value for s in Status if Status.SENDING in TRANSITIONS[s])
+"""Statuses an attempt may start from (the status machine's table decides)."""
+
+m = t.messages
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    account_id: int
+    content_id: int
+    to_addr: str
+    attempts: int
+    created_at: datetime
+    has_attachments: bool
+
+
+def claim_batch(
+    conn: Connection, *, owner: str, limit: int, lease: timedelta, now: datetime
+) -> list[Claimed]:
+    """Take up to ``limit`` due messages (oldest due first) and mark them ``sending``."""
+    due = (
+        select(m.c.id)
+        .where(
+            m.c.status.in_(CLAIMABLE),
+            m.c.next_attempt_at <= now,
+            or_(m.c.lease_until.is_(None), m.c.lease_until < now),
+        )
+        .order_by(m.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        update(m)
+        .where(m.c.id.in_(due.scalar_subquery()))
+        .values(
+            status=Status.SENDING.value,
+            lease_until=now + lease,
+            lease_owner=owner,
+            attempts=m.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(
+            m.c.id,
+            m.c.account_id,
+            m.c.content_id,
+            m.c.to_addr,
+            m.c.attempts,
+            m.c.created_at,
+            m.c.has_attachments,
+        )
+    )
+    return [Claimed(*row) for row in rows]
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the next message becomes due (the dispatcher sleeps until then, or a poll)."""
+    return conn.scalar(
+        select(m.c.next_attempt_at)
+        .where(m.c.status.in_(CLAIMABLE), m.c.next_attempt_at.is_not(None))
+        .order_by(m.c.next_attempt_at)
+        .limit(1)
+    )
+
+
+def release(conn: Connection, owner: str, ids: list[int], now: datetime) -> None:
+    """Give back claimed messages untouched (shutting down before sending them)."""
+    if ids:
+        conn.execute(
+            update(m)
+            .where(and_(m.c.id.in_(ids), m.c.lease_owner == owner))
+            .values(lease_until=None, lease_owner=None, next_attempt_at=now)
+        )
+
+
+def backoff(
+    attempts: int, *, minimum: float, maximum: float, retry_after: int | None = None
+) -> timedelta:
+    """Exponential (minimum x 2^(n-1), capped), or what the server asked for."""
+    if retry_after is not None:
+        return timedelta(seconds=min(max(retry_after, 1), maximum))
+    return timedelta(seconds=min(minimum * 2 ** max(attempts - 1, 0), maximum))

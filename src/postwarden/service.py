@@ -1,0 +1,121 @@
+"""Wiring: build the parts from Settings and run them in one event loop.
+
+``serve`` runs the API, the dispatcher and the inbound SMTP server together (the SQLite
+default); ``worker`` runs only a dispatcher, for scale-out on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+import uvicorn
+from sqlalchemy import Engine
+
+from postwarden import accounts, store
+from postwarden.channels.smtp import SMTPChannel, SMTPConfig
+from postwarden.dispatcher import Dispatcher
+from postwarden.settings import Settings
+from postwarden.web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    engine: Engine
+    secret: bytes
+
+
+def open_parts(settings: Settings, *, migrate: bool = True) -> Parts:
+    """Connect, bring the schema up to date, and find the signing secret."""
+    engine = store.connect(settings.database_url)
+    if migrate:
+        store.migrate(engine)
+    if settings.secret_key is not None:
+        secret = settings.secret_key.get_secret_value().encode()
+    else:
+        with engine.begin() as conn:
+            secret = accounts.instance_secret(conn)
+    return Parts(settings, engine, secret)
+
+
+def smtp_channel(settings: Settings) -> SMTPChannel:
+    return SMTPChannel(
+        SMTPConfig(
+            relay=settings.smtp_relay,
+            routes=settings.route_map,
+            helo_name=settings.helo_name,
+            dns_nameserver=settings.dns_nameserver,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+            data_timeout=settings.data_timeout,
+            per_domain_concurrency=settings.per_domain_concurrency,
+            messages_per_connection=settings.messages_per_connection,
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_dispatcher(parts: Parts, stop: asyncio.Event) -> AsyncIterator[Dispatcher]:
+    channel = smtp_channel(parts.settings)
+    dispatcher = Dispatcher(parts.engine, parts.settings, channel, parts.secret)
+    task = asyncio.create_task(dispatcher.run(stop), name="dispatcher")
+    try:
+        yield dispatcher
+    finally:
+        stop.set()
+        await task
+        await channel.aclose()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _until(stop: asyncio.Event, *work: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in work]
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+
+
+def api_server(parts: Parts, dispatcher: Dispatcher | None, host: str, port: int) -> uvicorn.Server:
+    wake = dispatcher.wake.set if dispatcher else (lambda: None)
+    app = create_app(parts.settings, parts.engine, parts.secret, wake=wake)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+async def serve(parts: Parts, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+    """API + dispatcher (+ inbound SMTP) in one process."""
+    stop = stop or asyncio.Event()
+    _install_signals(stop)
+    async with running_dispatcher(parts, stop) as dispatcher:
+        server = api_server(parts, dispatcher, host, port)
+
+        async def _stop_server() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        await _until(stop, server.serve(), _stop_server())
+
+
+async def work(parts: Parts, stop: asyncio.Event | None = None) -> None:
+    """Only the dispatcher."""
+    stop = stop or asyncio.Event()
+    _install_signals(stop)
+    async with running_dispatcher(parts, stop):
+        await stop.wait()

@@ -1,0 +1,263 @@
+"""The suppression list and the block list: who not to send to, and why.
+
+Hard bounces and complaints suppress at once; soft bounces that keep coming escalate to
+suppression; an unsubscribe suppresses one category. An admin's "mark as valid" removes the
+entry (audited); a new failure re-adds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, and_, delete, func, insert, select
+
+from postwarden import addresses, clock, errors, store
+from postwarden.status import Status
+from postwarden.store import tables as t
+
+ALL_CATEGORIES = ""
+COMPLAINT = "complaint"
+UNSUBSCRIBE = "unsubscribe"
+MANUAL = "manual"
+SOFT_BOUNCES = "soft_bounces"
+
+ESCALATING_REASONS = frozenset(
+    {
+        "mailboxfull",
+        "suspend",
+        "exceedlimit",
+        "expired",
+        "notaccept",
+        "systemerror",
+        "systemfull",
+        "networkerror",
+        "mailererror",
+        "undefined",
+        "onhold",
+    }
+)
+"""Soft reasons that say something about the address; sender-side refusals (spam blocks,
+policy, rate limits) say something about us and never suppress the recipient."""
+
+_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    soft_bounce_limit: int = 5
+    soft_bounce_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    address: str
+    category: str
+    reason: str
+    detail: str
+
+
+def audit(
+    conn: Connection, account_id: int, actor: str, action: str, target: str, **detail: object
+) -> None:
+    conn.execute(
+        insert(t.audit_log).values(
+            account_id=account_id,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=detail,
+            created_at=clock.now(),
+        )
+    )
+
+
+class Screen:
+    """Intake's look-up of the suppression and block lists for a set of addresses."""
+
+    def __init__(self, conn: Connection, account_id: int, candidates: Iterable[str]) -> None:
+        wanted = sorted(set(candidates))
+        self.suppressed: dict[tuple[str, str], Entry] = {}
+        for i in range(0, len(wanted), _CHUNK):
+            rows = conn.execute(
+                select(
+                    t.suppressions.c.address,
+                    t.suppressions.c.category,
+                    t.suppressions.c.reason,
+                    t.suppressions.c.detail,
+                ).where(
+                    t.suppressions.c.account_id == account_id,
+                    t.suppressions.c.address.in_(wanted[i : i + _CHUNK]),
+                )
+            )
+            for row in rows:
+                self.suppressed[(row.address, row.category)] = Entry(*row)
+        self.blocked = set(
+            conn.scalars(select(t.blocks.c.pattern).where(t.blocks.c.account_id == account_id))
+        )
+
+    def decide(self, address: str, category: str) -> tuple[Status, str] | None:
+        """Blocked or dropped with the reason shown to people; None when it may be sent."""
+        domain = addresses.domain_of(address)
+        if self.blocked and (address in self.blocked or "@" + domain in self.blocked):
+            return Status.BLOCKED, f"{address} is on the block list"
+        for key in ((address, ALL_CATEGORIES), (address, category)):
+            entry = self.suppressed.get(key)
+            if entry is not None:
+                scope = f" for category {entry.category!r}" if entry.category else ""
+                return Status.DROPPED, f"{address} is suppressed{scope}: {entry.reason}"
+        return None
+
+
+def suppress(
+    conn: Connection,
+    account_id: int,
+    address: str,
+    *,
+    reason: str,
+    detail: str = "",
+    source: str,
+    message_id: int | None = None,
+    category: str = ALL_CATEGORIES,
+    actor: str = "postwarden",
+) -> bool:
+    """Add the address (no-op if already there); True if it was added."""
+    added = store.insert_ignore(
+        conn,
+        t.suppressions,
+        [
+            {
+                "account_id": account_id,
+                "address": address,
+                "category": category,
+                "reason": reason,
+                "detail": detail,
+                "source": source,
+                "message_id": message_id,
+                "created_at": clock.now(),
+            }
+        ],
+    )
+    if added:
+        audit(
+            conn,
+            account_id,
+            actor,
+            "suppression.add",
+            address,
+            reason=reason,
+            category=category,
+            message_id=message_id,
+            source=source,
+        )
+    return bool(added)
+
+
+def remove(
+    conn: Connection, account_id: int, address: str, *, actor: str, category: str | None = None
+) -> int:
+    """Mark the address as valid: remove its entries (one category, or all); audited."""
+    address = addresses.normalize(address)
+    condition = and_(t.suppressions.c.account_id == account_id, t.suppressions.c.address == address)
+    if category is not None:
+        condition = and_(condition, t.suppressions.c.category == category)
+    removed = conn.execute(delete(t.suppressions).where(condition)).rowcount
+    if not removed:
+        raise errors.NotFound(f"{address} is not on the suppression list")
+    audit(conn, account_id, actor, "suppression.remove", address, category=category)
+    return removed
+
+
+def soft_bounce_escalates(conn: Connection, policy: Policy, account_id: int, address: str) -> bool:
+    """True when the address has had too many soft, final failures within the window."""
+    since = clock.now() - timedelta(days=policy.soft_bounce_days)
+    count = conn.scalar(
+        select(func.count())
+        .select_from(t.messages)
+        .where(
+            t.messages.c.account_id == account_id,
+            t.messages.c.to_addr == address,
+            t.messages.c.status == Status.BOUNCED.value,
+            t.messages.c.reason.in_(ESCALATING_REASONS),
+            t.messages.c.updated_at >= since,
+        )
+    )
+    return (count or 0) >= policy.soft_bounce_limit
+
+
+def list_entries(
+    conn: Connection, account_id: int, *, search: str = "", limit: int = 100, offset: int = 0
+) -> Sequence[object]:
+    query = select(t.suppressions).where(t.suppressions.c.account_id == account_id)
+    if search:
+        query = query.where(t.suppressions.c.address.contains(search.lower(), autoescape=True))
+    return conn.execute(
+        query.order_by(t.suppressions.c.created_at.desc(), t.suppressions.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+
+
+def block(conn: Connection, account_id: int, pattern: str, *, actor: str, note: str = "") -> bool:
+    """Block an address, or a whole domain written ``@domain``."""
+    pattern = pattern.strip().lower()
+    if pattern.startswith("@"):
+        domain = pattern[1:]
+        addresses.check("postmaster@" + domain)
+    else:
+        pattern = addresses.check(pattern)
+    added = store.insert_ignore(
+        conn,
+        t.blocks,
+        [
+            {
+                "account_id": account_id,
+                "pattern": pattern,
+                "note": note,
+                "created_at": clock.now(),
+            }
+        ],
+    )
+    if added:
+        audit(conn, account_id, actor, "block.add", pattern, note=note)
+    return bool(added)
+
+
+def unblock(conn: Connection, account_id: int, pattern: str, *, actor: str) -> None:
+    removed = conn.execute(
+        delete(t.blocks).where(
+            t.blocks.c.account_id == account_id, t.blocks.c.pattern == pattern.strip().lower()
+        )
+    ).rowcount
+    if not removed:
+        raise errors.NotFound(f"{pattern} is not on the block list")
+    audit(conn, account_id, actor, "block.remove", pattern)
+
+
+def list_blocks(conn: Connection, account_id: int) -> Sequence[object]:
+    return conn.execute(
+        select(t.blocks).where(t.blocks.c.account_id == account_id).order_by(t.blocks.c.pattern)
+    ).all()
+
+
+def dropped_since_removal(
+    conn: Connection, account_id: int, address: str, days: int = 30
+) -> list[int]:
+    """Messages dropped for this address in the last ``days``: what "mark as valid" offers
+    to resend."""
+    since = clock.now() - timedelta(days=days)
+    resend = t.messages.alias("resend")
+    return list(
+        conn.scalars(
+            select(t.messages.c.id)
+            .where(
+                t.messages.c.account_id == account_id,
+                t.messages.c.to_addr == addresses.normalize(address),
+                t.messages.c.status == Status.DROPPED.value,
+                t.messages.c.created_at >= since,
+                ~select(resend.c.id).where(resend.c.resend_of == t.messages.c.id).exists(),
+            )
+            .order_by(t.messages.c.id)
+        )
+    )

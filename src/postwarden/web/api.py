@@ -1,0 +1,300 @@
+"""The JSON API under /v1, each request authenticated as one account by its API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy import Connection, insert, select
+
+from postwarden import (
+    accounts,
+    addresses,
+    clock,
+    errors,
+    intake,
+    queries,
+    recorder,
+    schemas,
+    suppression,
+)
+from postwarden.accounts import Account
+from postwarden.settings import Settings
+from postwarden.store import tables as t
+
+router = APIRouter(prefix="/v1")
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+
+
+class Unauthorized(errors.PostwardenError):
+    """A valid API key is required: Authorization: Bearer <key>."""
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _conn(request: Request) -> Iterator[Connection]:
+    """One transaction per request: committed on success, rolled back on any refusal."""
+    with request.app.state.engine.connect() as conn:
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def _account(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Account:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized()
+    with request.app.state.engine.connect() as conn:
+        account = accounts.authenticate(conn, credentials.credentials)
+    if account is None:
+        raise _unauthorized("the API key is unknown or revoked")
+    return account
+
+
+def _unauthorized(message: str | None = None) -> HTTPException:
+    return HTTPException(
+        401, message or Unauthorized().message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+AccountDep = Annotated[Account, Depends(_account)]
+ConnDep = Annotated[Connection, Depends(_conn)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def _limits(settings: Settings) -> intake.Limits:
+    return intake.Limits(settings.max_message_bytes, settings.max_broadcast_recipients)
+
+
+def _policy(settings: Settings) -> suppression.Policy:
+    return suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
+
+
+class MessagePage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@router.post(
+    "/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.Accepted,
+    summary="Send one email",
+)
+def send_message(
+    body: schemas.MessageIn,
+    account: AccountDep,
+    conn: ConnDep,
+    settings: SettingsDep,
+    request: Request,
+) -> schemas.Accepted:
+    accepted = intake.submit_message(conn, account, body, _limits(settings))
+    conn.commit()
+    request.app.state.wake()
+    return accepted
+
+
+@router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")
+def list_messages(
+    account: AccountDep,
+    conn: ConnDep,
+    status_: Annotated[
+        list[str] | None, Query(alias="status", description="repeat or comma-separate")
+    ] = None,
+    undelivered: bool = False,
+    address: str | None = Query(None, description="exact address, or @domain"),
+    broadcast: int | None = None,
+    category: str | None = None,
+    channel: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> MessagePage:
+    statuses = [s for value in status_ or () for s in value.split(",") if s]
+    page = queries.mail_log(
+        conn,
+        account.id,
+        queries.LogFilter(
+            statuses, undelivered, address, broadcast, category, channel, since, until
+        ),
+        cursor=cursor,
+        limit=limit,
+    )
+    return MessagePage(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.get("/messages/{message_id}", summary="One message: status, reason, timeline, attempts")
+def get_message(message_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    return queries.message_detail(conn, account.id, message_id)
+
+
+@router.post(
+    "/messages/{message_id}/cancel",
+    response_model=schemas.Accepted,
+    summary="Cancel a pending message (409 once it is no longer pending)",
+)
+def cancel_message(
+    message_id: int, account: AccountDep, conn: ConnDep, settings: SettingsDep
+) -> schemas.Accepted:
+    outcome = recorder.cancel(conn, account.id, message_id, actor="api", policy=_policy(settings))
+    return schemas.Accepted(id=message_id, status=outcome.after.value)
+
+
+@router.post(
+    "/messages/{message_id}/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.Accepted,
+    summary="Send again, optionally to a corrected address, as a new linked message",
+)
+def resend_message(
+    message_id: int,
+    account: AccountDep,
+    conn: ConnDep,
+    request: Request,
+    body: schemas.ResendIn | None = None,
+) -> schemas.Accepted:
+    accepted = intake.resend(conn, account, message_id, body.to if body else None)
+    suppression.audit(
+        conn, account.id, "api", "message.resend", str(message_id), new_id=accepted.id
+    )
+    conn.commit()
+    request.app.state.wake()
+    return accepted
+
+
+@router.post(
+    "/broadcasts",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.BroadcastAccepted,
+    summary="One content to many recipients; intake decisions are counted at once",
+)
+def send_broadcast(
+    body: schemas.BroadcastIn,
+    account: AccountDep,
+    conn: ConnDep,
+    settings: SettingsDep,
+    request: Request,
+) -> schemas.BroadcastAccepted:
+    accepted = intake.submit_broadcast(conn, account, body, _limits(settings))
+    conn.commit()
+    request.app.state.wake()
+    return accepted
+
+
+@router.get("/broadcasts/{broadcast_id}", summary="A broadcast and its counts per status")
+def get_broadcast(broadcast_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    return queries.broadcast_detail(conn, account.id, broadcast_id)
+
+
+@router.post("/contacts", status_code=status.HTTP_201_CREATED, summary="Add a contact")
+def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    email = addresses.check(body.email) if body.email else None
+    contact_id = conn.scalar(
+        insert(t.contacts)
+        .values(
+            account_id=account.id,
+            name=body.name,
+            email=email,
+            phone=body.phone,
+            preferences=body.preferences,
+            created_at=clock.now(),
+        )
+        .returning(t.contacts.c.id)
+    )
+    return {
+        "id": contact_id,
+        "name": body.name,
+        "email": email,
+        "phone": body.phone,
+        "preferences": body.preferences,
+    }
+
+
+@router.get("/contacts/{contact_id}", summary="One contact")
+def get_contact(contact_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    row = conn.execute(
+        select(t.contacts).where(
+            t.contacts.c.id == contact_id, t.contacts.c.account_id == account.id
+        )
+    ).first()
+    if row is None:
+        raise errors.NotFound(f"no contact {contact_id}")
+    return dict(row._mapping)
+
+
+@router.get("/suppressions", summary="The suppression list (bounced addresses)")
+def list_suppressions(
+    account: AccountDep,
+    conn: ConnDep,
+    search: str = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    rows = suppression.list_entries(conn, account.id, search=search, limit=limit, offset=offset)
+    return {"items": [dict(r._mapping) for r in rows]}  # type: ignore[attr-defined]
+
+
+@router.post(
+    "/suppressions", status_code=status.HTTP_201_CREATED, summary="Suppress an address by hand"
+)
+def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    address = addresses.check(body.address)
+    added = suppression.suppress(
+        conn,
+        account.id,
+        address,
+        reason=suppression.MANUAL,
+        detail=body.note,
+        source="api",
+        category=body.category,
+        actor="api",
+    )
+    return {"address": address, "category": body.category, "added": added}
+
+
+@router.delete(
+    "/suppressions/{address}",
+    summary="Mark the address as valid: remove it, and list what was dropped for it",
+)
+def remove_suppression(
+    address: str, account: AccountDep, conn: ConnDep, category: str | None = None
+) -> dict[str, Any]:
+    removed = suppression.remove(conn, account.id, address, actor="api", category=category)
+    return {
+        "address": address,
+        "removed": removed,
+        "dropped_messages": suppression.dropped_since_removal(conn, account.id, address),
+    }
+
+
+@router.get("/blocks", summary="The block list")
+def list_blocks(account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    return {"items": [dict(r._mapping) for r in suppression.list_blocks(conn, account.id)]}  # type: ignore[attr-defined]
+
+
+@router.post(
+    "/blocks",
+    status_code=status.HTTP_201_CREATED,
+    summary="Block an address, or a domain written @domain",
+)
+def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    added = suppression.block(conn, account.id, body.address, actor="api", note=body.note)
+    return {"pattern": body.address.strip().lower(), "added": added}
+
+
+@router.delete("/blocks/{pattern}", summary="Remove an entry from the block list")
+def remove_block(pattern: str, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+    suppression.unblock(conn, account.id, pattern, actor="api")
+    return {"pattern": pattern, "removed": True}

@@ -1,0 +1,325 @@
+from __future__ import annotations
+
+import json
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from postwarden.inbound.dsn import Kind, Report, parse, parse_bounce_lines, split_mbox
+
+HUMAN = "This is the mail system at host mx.example.org.\n\nYour message could not be delivered.\n"
+
+
+def _original(token: str = "tok-123") -> EmailMessage:
+    orig = EmailMessage()
+    orig["From"] = "Shop <news@shop.example>"
+    orig["To"] = "kijitora@example.jp"
+    orig["Subject"] = "Your order"
+    orig["Message-ID"] = "<abc.123@shop.example>"
+    orig["X-Postwarden-Id"] = token
+    orig.set_content("Hello\n")
+    return orig
+
+
+def _status_part(blocks: list[list[tuple[str, str]]]) -> EmailMessage:
+    """A message/delivery-status part: one header block per message / recipient."""
+    part = EmailMessage()
+    part["Content-Type"] = "message/delivery-status"
+    subs = []
+    for block in blocks:
+        sub = EmailMessage()
+        for name, value in block:
+            sub[name] = value
+        subs.append(sub)
+    part.set_payload(subs)
+    return part
+
+
+def _dsn(
+    groups: list[dict[str, str]],
+    *,
+    human: str = HUMAN,
+    original: EmailMessage | None = None,
+    headers_only: bool = False,
+    subject: str = "Undelivered Mail Returned to Sender",
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "MAILER-DAEMON@mx.example.org (Mail Delivery System)"
+    msg["To"] = "news@shop.example"
+    msg["Subject"] = subject
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(human)
+    msg.make_mixed()
+    blocks = [[("Reporting-MTA", "dns; mx.example.org"),
+               ("Arrival-Date", "Thu, 1 May 2025 10:00:00 +0000")]]
+    blocks += [list(g.items()) for g in groups]
+    msg.attach(_status_part(blocks))
+    if original is not None:
+        if headers_only:
+            part = EmailMessage()
+            part["Content-Type"] = "text/rfc822-headers"
+            head = original.as_string().split("\n\n", 1)[0]
+            part.set_payload(head + "\n")
+            msg.attach(part)
+        else:
+            msg.add_attachment(original)
+    msg.replace_header("Content-Type", 'multipart/report; report-type="delivery-status"')
+    msg.set_boundary("BOUNDARY-1")
+    return msg.as_bytes()
+
+
+def _failed(addr: str, status: str, diag: str, action: str = "failed") -> dict[str, str]:
+    return {
+        "Final-Recipient": f"rfc822; {addr}",
+        "Action": action,
+        "Status": status,
+        "Remote-MTA": "dns; mx.example.jp",
+        "Diagnostic-Code": f"smtp; {diag}",
+    }
+
+
+def test_hard_bounce_with_returned_message() -> None:
+    raw = _dsn(
+        [_failed("KijiTora@Example.JP", "5.1.1", "550 5.1.1 <kijitora@example.jp>: User unknown")],
+        original=_original("tok-9"),
+    )
+    report = parse(raw)
+    assert report.kind is Kind.BOUNCE
+    (r,) = report.recipients
+    assert r.address == "KijiTora@example.jp"
+    assert r.kind is Kind.BOUNCE
+    assert r.status == "5.1.1"
+    assert r.reply_code == 550
+    assert r.remote_mta == "mx.example.jp"
+    assert r.verdict is not None and r.verdict.reason == "userunknown" and r.verdict.hard
+    assert report.original_message_id == "abc.123@shop.example"
+    assert report.returned_headers["x-postwarden-id"] == "tok-9"
+    assert report.subject == "Undelivered Mail Returned to Sender"
+
+
+def test_text_rfc822_headers_are_read() -> None:
+    raw = _dsn(
+        [_failed("a@example.jp", "5.2.2", "552 5.2.2 Mailbox full")],
+        original=_original("tok-h"),
+        headers_only=True,
+    )
+    report = parse(raw)
+    assert report.returned_headers["x-postwarden-id"] == "tok-h"
+    assert report.original_message_id == "abc.123@shop.example"
+    assert report.recipients[0].verdict.reason == "mailboxfull"
+    assert report.recipients[0].verdict.hard is False
+
+
+def test_several_recipients_and_original_recipient() -> None:
+    groups = [
+        _failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown"),
+        {**_failed("b@example.jp", "4.2.2", "452 4.2.2 Over quota", "delayed"),
+         "Original-Recipient": "rfc822; alias@example.jp"},
+        {"Final-Recipient": "rfc822; c@example.jp", "Action": "delivered", "Status": "2.0.0"},
+    ]
+    report = parse(_dsn(groups))
+    assert report.kind is Kind.BOUNCE
+    kinds = {r.address: r.kind for r in report.recipients}
+    assert kinds == {"a@example.jp": Kind.BOUNCE, "b@example.jp": Kind.DELAY,
+                     "c@example.jp": Kind.SUCCESS}
+    b = report.recipients[1]
+    assert b.original == "alias@example.jp"
+    assert b.verdict is not None and b.verdict.reason == "mailboxfull"
+    assert report.recipients[2].verdict is None
+
+
+def test_groups_without_blank_line_between_them() -> None:
+    block = [
+        ("Final-Recipient", "rfc822; one@example.jp"), ("Action", "failed"), ("Status", "5.1.1"),
+        ("Final-Recipient", "rfc822; two@example.jp"), ("Action", "failed"), ("Status", "5.2.2"),
+    ]
+    msg = EmailMessage()
+    msg["From"] = "MAILER-DAEMON@example.org"
+    msg["Subject"] = "failure"
+    msg.set_content("failed")
+    msg.make_mixed()
+    msg.attach(_status_part([block]))
+    msg.replace_header("Content-Type", "multipart/report; report-type=delivery-status")
+    msg.set_boundary("B2")
+    report = parse(msg.as_bytes())
+    got = [(r.address, r.status, r.verdict.reason) for r in report.recipients]
+    assert got == [("one@example.jp", "5.1.1", "userunknown"),
+                   ("two@example.jp", "5.2.2", "mailboxfull")]
+
+
+def test_delay_notice() -> None:
+    raw = _dsn(
+        [_failed("slow@example.jp", "4.4.1", "connect to mx.example.jp: Connection timed out",
+                 action="delayed")],
+        subject="Delayed Mail (still being retried)",
+    )
+    report = parse(raw)
+    assert report.kind is Kind.DELAY
+    assert report.recipients[0].verdict is not None
+    assert report.recipients[0].verdict.hard is False
+
+
+def test_success_notice() -> None:
+    raw = _dsn(
+        [{"Final-Recipient": "rfc822; ok@example.jp", "Action": "relayed", "Status": "2.0.0"}],
+        subject="Successful Mail Delivery Report",
+    )
+    report = parse(raw)
+    assert report.kind is Kind.SUCCESS
+    assert report.recipients[0].kind is Kind.SUCCESS
+
+
+def test_arf_complaint() -> None:
+    msg = EmailMessage()
+    msg["From"] = "staff@fbl.example.net"
+    msg["Subject"] = "FW: Your order"
+    msg.set_content("This is an email abuse report")
+    msg.make_mixed()
+    fb = EmailMessage()
+    fb["Content-Type"] = "message/feedback-report"
+    fb.set_payload(
+        "Feedback-Type: abuse\nUser-Agent: FBL/1.0\nVersion: 1\n"
+        "Original-Rcpt-To: victim@example.net\nSource-IP: 192.0.2.1\n"
+    )
+    msg.attach(fb)  # a text-like payload: the generator writes it as is
+    msg.add_attachment(_original("tok-c"))
+    msg.replace_header("Content-Type", "multipart/report; report-type=feedback-report")
+    msg.set_boundary("B3")
+    report = parse(msg.as_bytes())
+    assert report.kind is Kind.COMPLAINT
+    assert report.feedback_type == "abuse"
+    assert report.recipients[0].address == "victim@example.net"
+    assert report.recipients[0].kind is Kind.COMPLAINT
+    assert report.returned_headers["x-postwarden-id"] == "tok-c"
+
+
+def test_autoreply_is_not_a_bounce() -> None:
+    msg = EmailMessage()
+    msg["From"] = "kijitora@example.jp"
+    msg["To"] = "news@shop.example"
+    msg["Subject"] = "Out of Office: Your order"
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content("I am out of the office until Monday.")
+    report = parse(msg.as_bytes())
+    assert report.kind is Kind.AUTOREPLY
+    assert report.recipients == ()
+
+
+def test_plain_text_exim_bounce_with_inline_original() -> None:
+    raw = (
+        b"From: Mail Delivery System <Mailer-Daemon@mx.example.org>\n"
+        b"To: news@shop.example\n"
+        b"Subject: Mail delivery failed: returning message to sender\n"
+        b"X-Failed-Recipients: gone@example.jp\n"
+        b"Auto-Submitted: auto-replied\n\n"
+        b"This message was created automatically by mail delivery software.\n\n"
+        b"A message that you sent could not be delivered to one or more of its\n"
+        b"recipients. This is a permanent error. The following address(es) failed:\n\n"
+        b"  gone@example.jp\n"
+        b"    SMTP error from remote mail server after RCPT TO:<gone@example.jp>:\n"
+        b"    host mx.example.jp [192.0.2.1]: 550 5.1.1 <gone@example.jp>: User unknown\n\n"
+        b"------ This is a copy of the message, including all the headers. ------\n\n"
+        b"Message-ID: <m1@shop.example>\n"
+        b"X-Postwarden-Id: tok-x\n"
+        b"From: news@shop.example\nTo: gone@example.jp\nSubject: hi\n\nbody\n"
+    )
+    report = parse(raw)
+    assert report.kind is Kind.BOUNCE
+    (r,) = report.recipients
+    assert r.address == "gone@example.jp"
+    assert r.status == "5.1.1"
+    assert r.verdict is not None and r.verdict.reason == "userunknown"
+    assert report.returned_headers["x-postwarden-id"] == "tok-x"
+    assert report.original_message_id == "m1@shop.example"
+
+
+def test_ses_json_notification() -> None:
+    note = {
+        "notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bouncedRecipients": [
+            {"emailAddress": "x@example.jp", "status": "5.1.1",
+             "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
+        "mail": {"messageId": "m-1", "headers": [{"name": "X-Postwarden-Id", "value": "t1"}]},
+    }
+    msg = EmailMessage()
+    msg["From"] = "no-reply@sns.amazonaws.com"
+    msg["Subject"] = "AWS Notification Message"
+    msg.set_content(json.dumps(note))
+    report = parse(msg.as_bytes())
+    assert report.kind is Kind.BOUNCE
+    assert report.recipients[0].address == "x@example.jp"
+    assert report.recipients[0].verdict.reason == "userunknown"
+    assert report.returned_headers["x-postwarden-id"] == "t1"
+
+
+def test_ordinary_mail_is_unknown() -> None:
+    msg = EmailMessage()
+    msg["From"] = "friend@example.jp"
+    msg["Subject"] = "lunch?"
+    msg.set_content("See you at noon, mail me at friend@example.jp")
+    report = parse(msg.as_bytes())
+    assert report.kind is Kind.UNKNOWN
+    assert report.recipients == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\x00\xff\xfe", b"Content-Type: multipart/report; boundary=x\n\n--x\n",
+     b"From: \n\n", b"Subject: =?utf-8?q?broken\n\n\xff\xff", b"\r\n\r\n\r\n"],
+)
+def test_garbage_never_raises(raw: bytes) -> None:
+    report = parse(raw)
+    assert isinstance(report, Report)
+    assert not any(r.kind is Kind.BOUNCE for r in report.recipients)
+
+
+def test_truncated_dsn_never_raises() -> None:
+    raw = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")],
+               original=_original())
+    for cut in range(0, len(raw), 97):
+        assert isinstance(parse(raw[:cut]), Report)
+
+
+def test_split_mbox() -> None:
+    one = b"From: a@example.jp\nSubject: one\n\nbody\n"
+    two = b"From: b@example.jp\nSubject: two\n\nbody\n"
+    mbox = b"From MAILER-DAEMON Thu Apr 29 23:34:45 2010\n" + one + \
+        b"From MAILER-DAEMON Thu Apr 29 23:34:46 2010\n" + two
+    assert split_mbox(mbox) == [one, two]
+    assert split_mbox(one) == [one]
+    assert split_mbox(b"From x Thu Apr 29 23:34:45 2010\n" + one) == [one]
+
+
+def test_parse_bounce_lines(tmp_path) -> None:
+    path = tmp_path / "b.eml"
+    path.write_bytes(_dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")]))
+    assert parse_bounce_lines(str(path)) == [
+        {"file": str(path), "recipient": "a@example.jp", "status": "5.1.1",
+         "reason": "userunknown", "hard": True, "kind": "bounce"}
+    ]
+    other = tmp_path / "o.eml"
+    other.write_bytes(b"From: x@example.jp\nSubject: hello\n\nhi\n")
+    (line,) = parse_bounce_lines(str(other))
+    assert line["kind"] == "unknown" and line["recipient"] is None and line["hard"] is None
+    with pytest.raises(OSError):
+        parse_bounce_lines(str(tmp_path / "missing.eml"))
+
+
+_SAMPLE = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")],
+               original=_original())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    assert isinstance(parse(raw), Report)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_SAMPLE)), st.binary(max_size=64),
+       st.integers(min_value=0, max_value=len(_SAMPLE)))
+def test_mutated_mime_never_raises(cut: int, junk: bytes, at: int) -> None:
+    raw = _SAMPLE[:at] + junk + _SAMPLE[at:]
+    assert isinstance(parse(raw[:cut + len(junk)]), Report)
