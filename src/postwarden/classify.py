@@ -238,6 +238,7 @@ _DECISIVE_STATUS: dict[str, str] = {
     "5.7.28": "spamdetected",
     "5.7.30": "failedstarttls",
     "5.7.27": "notaccept",
+    "4.3.1": "systemfull", "5.3.1": "systemfull", "4.4.5": "systemfull",
     "5.1.7": "rejected", "5.1.8": "rejected", "4.1.7": "rejected", "4.1.8": "rejected",
 }
 
@@ -284,6 +285,8 @@ _STATUS_REASON: dict[str, str] = {
 _REPLY_REASON: dict[int, str] = {
     421: "blocked", 450: "onhold", 451: "systemerror", 452: "systemfull",
     521: "notaccept", 556: "notaccept", 525: "suspend",
+    500: "syntaxerror", 501: "syntaxerror", 502: "syntaxerror", 503: "syntaxerror",
+    504: "syntaxerror",
     550: "onhold", 551: "hasmoved", 552: "mailboxfull", 553: "userunknown", 554: "onhold",
 }
 
@@ -292,6 +295,11 @@ _REPLY_REASON: dict[int, str] = {
 #    Matched against the lowercased text with runs of white space collapsed to one space.
 # --------------------------------------------------------------------------------------------
 _TEXT_RULES: list[tuple[str, list[str]]] = [
+    # ---- the local delivery program failed (pipe, procmail, ...) ------------------------
+    ("mailererror", [
+        r"procmail: |maildrop: |mail\.local: |command died with status|pipe to \|",
+        r"unknown mailer error|mailer error",
+    ]),
     # ---- mailbox full ---------------------------------------------------------------------
     ("mailboxfull", [
         r"mailbox (?:is )?full|full mailbox|mailbox (?:size )?limit exceeded",
@@ -327,7 +335,9 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     # ---- suspended / disabled ---------------------------------------------------------------
     ("suspend", [
-        r"(?:is|has been|currently|temporarily) (?:suspended|disabled|deactivated|frozen|locked)",
+        r"(?<!delivery )(?:is|has been|currently|temporarily) (?:suspended|disabled|deactivated|"
+        r"frozen|locked)",
+        r"recipient account is blocked|compte du destinataire est bloque",
         r"account (?:has been |is )?(?:disabled|suspended|inactive|locked|deactivated|expired)",
         r"mailbox (?:is )?(?:disabled|suspended|inactive|frozen|currently suspended)",
         r"inactive (?:account|user|mailbox)|invalid/inactive user|user (?:is )?suspended",
@@ -343,10 +353,23 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)",
         r"unable to relay|we do not relay|no relaying|not allowed to relay",
         r"not permitted to relay|as a relay|not an open relay|relaying mail to ",
+        r"email address is not verified",
         r"this system is not configured to relay|not a gateway|we don't handle mail for",
         r"that domain isn't in my list of allowed rcpthost",
         r"requires authentication when attempting to send to a non-local",
         r"specified domain is not allowed",
+    ]),
+    # ---- unambiguous spam verdicts and IP blocks (before SPF/DKIM wording) ------------------
+    ("authfailure", [
+        r"does not have authentication information|fails to pass authentication checks",
+        r"due to (?:the )?domain's dmarc policy|multiple authentication checks failed",
+    ]),
+    ("spamdetected", [
+        r"rejected due to spam (?:classification|content)|classified as spam|detected as spam",
+    ]),
+    ("blocked", [
+        r"client host (?:\[\S+\] )?blocked|blocked using |adresse ip source bloquee",
+        r"blacklisted by |(?:ip|host) (?:address )?(?:\S+ )?(?:is )?(?:blocked|blacklisted)",
     ]),
     # ---- SPF / DKIM / DMARC -----------------------------------------------------------------
     ("authfailure", [
@@ -385,15 +408,18 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"no (?:one|mail ?box) (?:at|for) this (?:address|user)",
         r"this user doesn't have a .{1,40} account|no valid recipients",
         r"non-?existent (?:user|mailbox|address|recipient)|nonexistent",
-        r"unrouteable address|unroutable address|sorry, no mailbox|account unavailable",
+        r"sorry, no mailbox|account unavailable|recipient name is not recognized",
+        r"recipient address rejected(?:\.|$| \(in reply)",
         r"address (?:is )?(?:invalid|inactive|no longer valid)|wrong or no longer valid",
         r"is not an active address|not (?:our|a local) (?:user|customer|address)",
-        r"does not exist at the organization|not listed in (?:the )?(?:address|public) ",
+        r"does not exist at the organization",
+        r"not listed in (?:the )?(?:\w+ )?(?:directory|address book|name & address book|public)",
         r"in my badrecipientto list|not in my validrcptto list",
         r"destination addresses were unknown|destination server rejected recipients",
         r"user (?:\S+ )?(?:not exist|does not exist|not active|missing home directory)",
         r"utilisateur inconnu|no existe (?:dicha persona|ese usuario)",
         r"nessun utente simile|adresse d au moins un destinataire invalide",
+        r"please check if (?:the )?address is correct",
         r"weil die adresse nicht gefunden wurde|unbekannt",
         r"invalid or unknown virtual user|rcpt \S+ does not exist|there is no one at this address",
         r"the user'?s email name is not found|not email addresses|this spectator does not exist",
@@ -409,10 +435,12 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"only accepting mail from specific email addresses|account is protected by",
         r"recipient id refuse to receive mail|has restricted sms e-?mail",
         r"is not accepting any mail|bounced address|not found recipient account",
+        r"message filtered",
     ]),
     # ---- RFC compliance ---------------------------------------------------------------------
     ("notcompliantrfc", [
         r"not rfc ?5322 compliant|rfcmessagenoncompliant|duplicate header",
+        r"multiple addresses in (?:the )?from",
         r" multiple .{1,40} headers?\b",
     ]),
     # ---- reputation -------------------------------------------------------------------------
@@ -427,7 +455,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     # ---- spam ---------------------------------------------------------------------------------
     ("spamdetected", [
-        r"\bspam|unsolicited|bulk (?:e-?)?mail|junk mail|junkmail",
+        r"\bspam(?!haus|cop)|unsolicited|bulk (?:e-?)?mail|junk mail|junkmail",
         r"content filter rejection|message content rejected|rejecting (?:banned|mail) content",
         r"blacklisted url|uribl|surbl|mail content denied|message filtered",
         r"message rejected because of unacceptable content",
@@ -450,7 +478,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"empty envelope senders not allowed|bogus mail from|no third-party dsns",
         r"returned mail not accepted here|unsigned dsn for",
         r"mail from not owned by user|not a registered gateway user",
-        r"email address is not verified|emetteur invalide",
+        r"emetteur invalide",
         r"you are not allowed to post to this mailing list|not subscribed to this group",
         r"this server does not accept mail from|envelope blocked",
         r"can't determine purported responsible address",
@@ -460,17 +488,18 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"sending this from a different address or alias",
         r"connections not accepted from servers without a valid sender domain",
         r"denied \[bouncedeny\]|valid-address-filter|delivery not authorized, message refused",
-        r"rule imposed mailbox access for|address rejected",
+        r"rule imposed mailbox access for",
         r"groups\.google\.com/support|the group you tried to contact|permission to post",
     ]),
     # ---- domain publishes no mail service (null MX), DNS failures ------------------------
     ("notaccept", [
         r"does(?:n't| not) (?:accept|receive) (?:any )?(?:e-?)?mail|null ?mx|nullmx",
         r"no mx (?:record )?found for domain|indicated no smtp service",
-        r"couldn't find a mail exchanger|type=mx: malformed",
+        r"couldn't find a mail exchanger",
     ]),
+    ("hostunknown", [r"dns lookup failure: host \S+ not found"]),
     ("networkerror", [
-        r"dns error: .{0,80}nxdomain|host not found, try again|name service error",
+        r"dns error: .{0,80}nxdomain|host not found, try again",
         r"network error on destination|dns query failed|host name lookup failure",
     ]),
     # ---- domain does not exist --------------------------------------------------------------
@@ -481,18 +510,18 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"mail domain mentioned in email address is unknown|the account or domain may not exist",
         r"couldn't find any host named|no (?:mx|mail exchanger|mail server) (?:record )?for",
         r"553 .{1,80} does not exist|invalid domain|nxdomain|no valid mx",
-        r"host unreachable",
+        r"host unreachable|unrouteable address|unroutable address",
     ]),
     # ---- rate limits --------------------------------------------------------------------------
     ("speeding", [
-        r"rate limited|rate limit(?:ing)? (?:exceeded|reached)|please try again slower",
+        r"rate limited|please try again slower|sent to too many recipients",
         r"sending (?:too fast|at a rate)|receiving mail at a rate",
         r"too many (?:messages|emails|mails) (?:from|in|per)",
     ]),
     ("toomanyconn", [
         r"too many (?:connections|concurrent|smtp sessions|errors from your ip|recipients)",
         r"connection rate limit|maximum connection limit|per-domain connection limit",
-        r"max emails per hour|throttl|trop de connexions",
+        r"max emails per hour|throttl|trop de connexions|frequency limited",
         r"we have already made numerous attempts",
     ]),
     # ---- client IP / host blocked -----------------------------------------------------------
@@ -520,7 +549,8 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     # ---- policy -----------------------------------------------------------------------------
     ("policyviolation", [
-        r"policy (?:violation|reasons|rejection)|denied by policy|violat(?:es|ion of) .{0,20}polic",
+        r"(?:local |organi[sz]ational )policy|policy (?:reasons|rejection)|denied by policy",
+        r"violat(?:es|ion of) .{0,20}polic",
         r"by organi[sz]ation(?:al)? (?:policy|settings)|local policy",
         r"illegal attachment|members-only list|closed mailing list|header error",
         r"header are not accepted|message given low priority|messages with multiple addresses",
@@ -534,7 +564,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"authentication failed; server .{1,80} said",
         r"unauthenticated senders not allowed|insecure mail relay|verification failure",
         r"not authorized to (?:send|perform ses)|account not subscribed to ses",
-        r"you don't authenticate|authentification (?:invalide|requise)",
+        r"you don't authenticate|authentification (?:invalide|requise)|smtp authentication",
         r"domain .{1,60} is a dead domain",
     ]),
     # ---- TLS ----------------------------------------------------------------------------------
@@ -548,6 +578,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"not enough space on the disk|disk (?:is )?full",
     ]),
     ("networkerror", [
+        r"(?:unable|wasn't able|not able) to establish an smtp connection",
         r"mail (?:forwarding )?loop|routing loop|message looping|too many hops|hop count exceeded",
         r"maximum forwarding loop count exceeded|loops back to myself",
         r"host name lookup failure|host not found, try again|name server reply",
@@ -557,6 +588,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"temporary (?:dns|lookup) failure|dns (?:lookup |query )?(?:error|failure|timeout)",
         r"network (?:is )?unreachable",
     ]),
+    ("systemerror", [r"unable to contact ldap server|local configuration error"]),
     # ---- delivery given up after retries --------------------------------------------------
     ("expired", [
         r"retry time(?:out)? (?:not reached|exceeded)",
@@ -590,8 +622,9 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"it would create a mail loop|loop was found in the mail exchanger",
         r"recipient deferred because there is no mdb|remote server is misconfigured",
         r"service (?:currently |temporarily )?unavailable|timeout waiting for input",
-        r"it encountered an error while being processed|transaction failed ",
+        r"it encountered an error while being processed|transaction failed\b",
         r"unable to connect .{0,40}daemon|system (?:is )?(?:busy|overloaded)",
+        r"unable to contact ldap server",
     ]),
     ("notaccept", [
         r"does not accept mail|host/domain does not accept|null ?mx|nullmx",
@@ -609,6 +642,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     ("syntaxerror", [
         r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",
+        r"improper sequence of commands|command (?:parameter )?not implemented",
     ]),
     ("expired", [
         r"connection timed out|timed out while|server did not respond|no answer from host",
@@ -654,11 +688,12 @@ def _verdict(reason: str, temporary: bool) -> Verdict:
 _COMMAND_RE = re.compile(
     r"(?:in reply to|after|while sending|did not like our|>>>|smtp command:?|response to|"
     r"most progress was|rejected at|during|command|smtp:)\s*(?:the\s+)?(?:end of\s+)?"
-    r"(rcpt|mail|data|final data|ehlo|helo|body|message)\b"
+    r"(rcpt|mail|data|final data|ehlo|helo|body|message|initial connection|greeting|banner)\b"
 )
 _COMMAND_NAME = {
     "rcpt": "RCPT", "mail": "MAIL", "data": "DATA", "final data": "DATA", "body": "DATA",
-    "message": "DATA", "ehlo": "HELO", "helo": "HELO",
+    "message": "DATA", "ehlo": "HELO", "helo": "HELO", "initial connection": "CONN",
+    "greeting": "CONN", "banner": "CONN",
 }
 _QMAIL_COMMAND_RE = re.compile(r"but (?:my name|sender|recipient) was rejected")
 _QMAIL_COMMAND = {"my name": "HELO", "sender": "MAIL", "recipient": "RCPT"}
@@ -680,10 +715,6 @@ def smtp_command(text: str) -> str | None:
 
 def _refine(reason: str, text: str, status: str | None, command: str | None) -> str:
     """Adjust a phrase-based reason with the SMTP command and a generic status code."""
-    if command == "MAIL" and reason in (
-        "userunknown", "hostunknown", "blocked", "onhold", "securityerror", "filtered",
-    ):
-        return "rejected"  # the session failed at MAIL FROM: the sender was refused
     if reason == "userunknown" and command != "RCPT" and not _RCPT_TIME_RE.search(text):
         # "User unknown" after the message was sent (DATA) or with a mailbox-status/policy code:
         # the recipient's filter refused it, the address itself exists.
@@ -697,16 +728,38 @@ def _refine(reason: str, text: str, status: str | None, command: str | None) -> 
     return reason
 
 
-_FILTER_NO_STATUS = True
+_FILTER_NO_STATUS = False
 # Replies only ever sent in answer to RCPT TO: the address itself is unknown.
 _RCPT_TIME_RE = re.compile(
     r"recipient address rejected|dd this user doesn't have|>: user unknown|"
+    r"the address couldn't be found|"
     r"resolver\.adr\.|recipientnotfound|access denied"
+)
+
+
+_SENDER_SIDE = frozenset({"userunknown", "hostunknown", "onhold", "filtered", "undefined"})
+_CLIENT_SIDE = frozenset(
+    {"userunknown", "hostunknown", "onhold", "filtered", "undefined", "rejected", "securityerror"}
 )
 
 
 def _reason(
     text: str, status: str | None, reply_code: int | None, command: str | None = None
+) -> str:
+    if command is None and text:
+        command = smtp_command(text)
+    reason = _base_reason(text, status, reply_code, command)
+    if command == "MAIL" and (reason in _SENDER_SIDE or (
+        reason == "securityerror" and "access denied" in text
+    )):
+        return "rejected"  # the session failed at MAIL FROM: the sender was refused
+    if command in ("CONN", "HELO") and reason in _CLIENT_SIDE:
+        return "blocked"  # refused at connection or greeting: the sending host was refused
+    return reason
+
+
+def _base_reason(
+    text: str, status: str | None, reply_code: int | None, command: str | None
 ) -> str:
     if status:
         decisive = _DECISIVE_STATUS.get(status)
@@ -715,8 +768,6 @@ def _reason(
         if status.startswith("2."):
             return "undefined"
     if text:
-        if command is None:
-            command = smtp_command(text)
         for reason, pattern in _COMPILED_RULES:
             if pattern.search(text):
                 return _refine(reason, text, status, command)
@@ -733,7 +784,7 @@ def _reason(
         reason = _REPLY_REASON.get(reply_code)
         if reason and reason != "onhold":
             return reason
-    return "onhold" if (text or status or reply_code) else "undefined"
+    return "onhold" if (status or reply_code) else "undefined"
 
 
 def classify(

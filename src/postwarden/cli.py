@@ -29,8 +29,10 @@ app = typer.Typer(help="Postwarden: send notifications and see what became of ea
                   no_args_is_help=True, pretty_exceptions_enable=False)
 account_app = typer.Typer(help="Accounts (tenants) and their API keys.", no_args_is_help=True)
 suppressions_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
+user_app = typer.Typer(help="Admin users of the web UI.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(user_app, name="user")
 console = Console()
 
 AccountOpt = Annotated[str | None, typer.Option("--account", "-a",
@@ -82,6 +84,14 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
 def worker() -> None:
     """Run only a dispatcher (start several, on several machines, against PostgreSQL)."""
     asyncio.run(service.work(_parts()))
+
+
+@app.command()
+def inbound() -> None:
+    """Run only the inbound SMTP server for bounces and complaints (POSTWARDEN_INBOUND_*)."""
+    parts = _parts()
+    console.print(f"inbound SMTP on {parts.settings.inbound_host}:{parts.settings.inbound_port}")
+    asyncio.run(service.inbound(parts))
 
 
 @account_app.command("create")
@@ -191,6 +201,26 @@ def show(message_id: int, account: AccountOpt = None) -> None:
         console.print(f"\n[bold]attempt {attempt['number']}[/bold] via {attempt['via']} "
                       f"{attempt['remote'] or ''} ({attempt['duration_ms']} ms)")
         console.print(attempt["transcript"], markup=False, highlight=False)
+
+
+@user_app.command("create")
+def user_create(
+    email: str,
+    account: Annotated[str, typer.Option("--account", "-a", help="Account name")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True,
+                                          confirmation_prompt=True,
+                                          help="Prompted for when absent")],
+) -> None:
+    """Create an admin user who signs in to the web UI and sees only this account."""
+    from postwarden import users
+
+    parts = _parts()
+    try:
+        with parts.engine.begin() as conn:
+            user = users.create(conn, accounts.by_name(conn, account).id, email, password)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    console.print(f"Created user {user.email} (id {user.id}) for account {user.account_name!r}")
 
 
 @suppressions_app.command("list")

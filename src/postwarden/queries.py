@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select
 
-from postwarden import addresses, classify, errors
+from postwarden import addresses, classify, clock, errors
 from postwarden.status import UNDELIVERED, Status
 from postwarden.store import tables as t
 
@@ -124,6 +124,10 @@ def mail_log(
         f.validate(),
         select(*_LOG_COLUMNS).join(t.contents, t.contents.c.id == m.c.content_id),
     )
+    return _paged(conn, query, cursor, limit)
+
+
+def _paged(conn: Connection, query: Select[Any], cursor: str | None, limit: int) -> Page:
     if cursor:
         query = query.where(m.c.id < decode_cursor(cursor))
     rows = conn.execute(query.order_by(m.c.id.desc()).limit(limit + 1)).all()
@@ -327,3 +331,139 @@ def broadcast_detail(conn: Connection, account_id: int, broadcast_id: int) -> di
         .all()
     )
     return item
+
+
+# region the web UI's reads: the undelivered report, the dashboard, bounce mails
+
+DELIVERED_VALUES = ("clicked", "delivered", "opened")
+"""A resend in one of these statuses takes its original off the undelivered report."""
+
+
+def _not_resent_successfully() -> Any:
+    resend = m.alias("resend")
+    return ~(
+        select(resend.c.id)
+        .where(resend.c.resend_of == m.c.id, resend.c.status.in_(DELIVERED_VALUES))
+        .exists()
+    )
+
+
+def undelivered_report(
+    conn: Connection, account_id: int, f: LogFilter, *, cursor: str | None = None, limit: int = 50
+) -> Page:
+    """The mail log restricted to undelivered messages whose resend, if any, has not been
+    delivered yet: what still needs someone's attention."""
+    query = _filtered(
+        account_id,
+        replace(f, undelivered=True).validate(),
+        select(*_LOG_COLUMNS).join(t.contents, t.contents.c.id == m.c.content_id),
+    ).where(_not_resent_successfully())
+    return _paged(conn, query, cursor, limit)
+
+
+def count_undelivered(conn: Connection, account_id: int, f: LogFilter) -> int:
+    """How many rows ``undelivered_report`` has for the same filter."""
+    query = _filtered(
+        account_id, replace(f, undelivered=True).validate(), select(func.count())
+    ).where(_not_resent_successfully())
+    return conn.scalar(query) or 0
+
+
+def report_window(
+    since: date | None, until: date | None, days: int = 30, today: date | None = None
+) -> tuple[datetime, datetime]:
+    """UTC datetimes [start, end) for whole days ``since``..``until`` (both included); the last
+    ``days`` days up to now by default."""
+    today = today or clock.now().date()
+    until = until or today
+    since = since or until - timedelta(days=days - 1)
+    return (
+        datetime.combine(since, time(), tzinfo=UTC),
+        datetime.combine(until + timedelta(days=1), time(), tzinfo=UTC),
+    )
+
+
+def daily_counts(
+    conn: Connection, account_id: int, days: int = 14, today: date | None = None
+) -> list[tuple[date, dict[str, int]]]:
+    """Messages created on each of the last ``days`` days (UTC), counted by status; oldest
+    first. One indexed range query per day keeps it the same on SQLite and PostgreSQL."""
+    today = today or clock.now().date()
+    result = []
+    for back in range(days - 1, -1, -1):
+        day = today - timedelta(days=back)
+        start, end = report_window(day, day)
+        result.append((day, count_by_status(conn, account_id, LogFilter(since=start, until=end))))
+    return result
+
+
+def recent_broadcasts(conn: Connection, account_id: int, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest broadcasts with their subject and counts per status."""
+    rows = conn.execute(
+        select(
+            t.broadcasts.c.id,
+            t.broadcasts.c.category,
+            t.broadcasts.c.total,
+            t.broadcasts.c.created_at,
+            t.contents.c.subject,
+        )
+        .join(t.contents, t.contents.c.id == t.broadcasts.c.content_id)
+        .where(t.broadcasts.c.account_id == account_id)
+        .order_by(t.broadcasts.c.created_at.desc(), t.broadcasts.c.id.desc())
+        .limit(limit)
+    ).all()
+    items = [dict(r._mapping) for r in rows]
+    for item in items:
+        item["counts"] = dict(
+            conn.execute(
+                select(m.c.status, func.count())
+                .where(m.c.broadcast_id == item["id"])
+                .group_by(m.c.status)
+            )
+            .tuples()
+            .all()
+        )
+    return items
+
+
+def open_rate(counts: dict[str, int]) -> float | None:
+    """Opened or clicked, out of those delivered or later; None before anything is delivered."""
+    delivered = sum(counts.get(s, 0) for s in DELIVERED_VALUES)
+    opened = counts.get("opened", 0) + counts.get("clicked", 0)
+    return opened / delivered if delivered else None
+
+
+def suppression_count(conn: Connection, account_id: int) -> int:
+    return (
+        conn.scalar(
+            select(func.count())
+            .select_from(t.suppressions)
+            .where(t.suppressions.c.account_id == account_id)
+        )
+        or 0
+    )
+
+
+def bounce_mails(conn: Connection, account_id: int, message_id: int) -> list[dict[str, Any]]:
+    """The raw inbound mails (DSNs, complaints) behind a message's events."""
+    rows = conn.execute(
+        select(
+            t.inbound_mails.c.id,
+            t.inbound_mails.c.received_at,
+            t.inbound_mails.c.mail_from,
+            t.inbound_mails.c.kind,
+            t.inbound_mails.c.raw,
+        )
+        .where(
+            t.inbound_mails.c.id.in_(
+                select(t.events.c.inbound_id)
+                .join(m, m.c.id == t.events.c.message_id)
+                .where(t.events.c.message_id == message_id, m.c.account_id == account_id)
+            )
+        )
+        .order_by(t.inbound_mails.c.id)
+    ).all()
+    return [{**r._mapping, "raw": bytes(r.raw).decode("utf-8", errors="replace")} for r in rows]
+
+
+# endregion

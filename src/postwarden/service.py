@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 from postwarden import accounts, store
 from postwarden.channels.smtp import SMTPChannel, SMTPConfig
 from postwarden.dispatcher import Dispatcher
+from postwarden.inbound import apply as inbound_apply
+from postwarden.inbound.server import InboundServer
 from postwarden.settings import Settings
 from postwarden.web.app import create_app
 
@@ -74,6 +76,22 @@ async def running_dispatcher(parts: Parts, stop: asyncio.Event) -> AsyncIterator
         await channel.aclose()
 
 
+@contextlib.asynccontextmanager
+async def running_inbound(parts: Parts, stop: asyncio.Event) -> AsyncIterator[InboundServer]:
+    """The inbound SMTP server and the loop applying what it stores."""
+    server = InboundServer(
+        parts, host=parts.settings.inbound_host, port=parts.settings.inbound_port
+    )
+    await server.start()
+    task = asyncio.create_task(inbound_apply.run(parts, stop, server.wake), name="inbound-apply")
+    try:
+        yield server
+    finally:
+        stop.set()
+        await server.stop()
+        await task
+
+
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,7 +121,7 @@ async def serve(parts: Parts, host: str, port: int, stop: asyncio.Event | None =
     """API + dispatcher (+ inbound SMTP) in one process."""
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    async with running_dispatcher(parts, stop) as dispatcher:
+    async with running_dispatcher(parts, stop) as dispatcher, running_inbound(parts, stop):
         server = api_server(parts, dispatcher, host, port)
 
         async def _stop_server() -> None:
@@ -118,4 +136,12 @@ async def work(parts: Parts, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     _install_signals(stop)
     async with running_dispatcher(parts, stop):
+        await stop.wait()
+
+
+async def inbound(parts: Parts, stop: asyncio.Event | None = None) -> None:
+    """Only the inbound SMTP server and the applying of what it receives."""
+    stop = stop or asyncio.Event()
+    _install_signals(stop)
+    async with running_inbound(parts, stop):
         await stop.wait()

@@ -75,7 +75,8 @@ CASES = [
     ("", "4.2.2", None, "mailboxfull"),
     ("", "5.7.26", None, "authfailure"),
     ("", None, 552, "mailboxfull"),
-    ("something odd happened", None, None, "onhold"),
+    ("550 something odd happened", None, None, "onhold"),
+    ("something odd happened", None, None, "undefined"),
     ("", None, None, "undefined"),
 ]
 

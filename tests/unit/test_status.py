@@ -45,7 +45,9 @@ def test_every_status_against_every_event(before: Status, kind: Kind) -> None:
     if before in RANK:
         assert after in RANK or after is Status.BOUNCED
         assert after is not Status.BOUNCED or before is Status.SENT
-    late_bounce = kind in (Kind.BOUNCED, Kind.EXPIRED) and before in RANK and before is not Status.SENT
+    late_bounce = (
+        kind in (Kind.BOUNCED, Kind.EXPIRED) and before in RANK and before is not Status.SENT
+    )
     assert (Flag.BOUNCED_AFTER_DELIVERY in result.flags) == late_bounce
     # Idempotent: the same fact again changes nothing (a person's repeated action is refused).
     if kind in status.USER_ACTIONS:
@@ -100,8 +102,15 @@ def test_retry_loop_ends_in_expired_bounce() -> None:
     assert status.fold(kinds).status is Status.BOUNCED
 
 
-ENGAGEMENT = [Kind.RELAYED, Kind.DELIVERED, Kind.OPENED, Kind.CLICKED, Kind.DELAYED,
-              Kind.COMPLAINED, Kind.UNSUBSCRIBED]
+ENGAGEMENT = [
+    Kind.RELAYED,
+    Kind.DELIVERED,
+    Kind.OPENED,
+    Kind.CLICKED,
+    Kind.DELAYED,
+    Kind.COMPLAINED,
+    Kind.UNSUBSCRIBED,
+]
 
 
 @given(st.lists(st.sampled_from(ENGAGEMENT), min_size=1, max_size=12), st.randoms())

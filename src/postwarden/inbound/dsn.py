@@ -8,15 +8,12 @@ plain-text bounces of Exim, qmail, Sendmail, Postfix, Exchange, Gmail, Yahoo, Lo
 
 from __future__ import annotations
 
-import email
+import binascii
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.header import decode_header
-from email.message import Message
-from email.parser import HeaderParser
-from email.policy import compat32
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -138,22 +135,128 @@ def _bytes_to_str(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
-def _payload_text(part: Message) -> str:
-    """The decoded text of a non-multipart part."""
-    try:
-        data = part.get_payload(decode=True)
-    except Exception:
-        data = None
-    if isinstance(data, bytes):
-        return _bytes_to_str(data, part.get_content_charset())
-    payload = part.get_payload()
-    if isinstance(payload, str):
-        return payload
-    if isinstance(payload, list):
-        return "\n\n".join(
-            "\n".join(f"{k}: {v}" for k, v in m.items()) for m in payload if isinstance(m, Message)
-        )
-    return ""
+# --------------------------------------------------------------------------------------------
+# A small, forgiving MIME reader. The standard library's parser is several times slower and
+# this needs only headers, content types, boundaries and transfer encodings. It never raises
+# on malformed input: what cannot be split stays text.
+# --------------------------------------------------------------------------------------------
+_HEADER_END_RE = re.compile(rb"\r?\n[ \t]*\r?\n")
+_FIRST_HEADER_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,76}[ \t]*:")
+_PARAM_RE = re.compile(r';\s*([\w\-*.]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_MAX_DEPTH = 12
+
+
+class _Part:
+    """One MIME entity: headers (lowercased names, in order), content type, decoded payload,
+    and children for multipart/* and message/rfc822."""
+
+    __slots__ = ("_body", "children", "ctype", "headers", "params", "raw")
+
+    def __init__(self, raw: bytes, depth: int = 0, default_type: str = "text/plain") -> None:
+        self.raw = raw
+        head, body = _split_head(raw)
+        self.headers = _parse_header_block(head)
+        ctype_value = self.get("content-type") or default_type
+        main, _, rest = ctype_value.partition(";")
+        self.ctype = main.strip().lower() or default_type
+        if "/" not in self.ctype:
+            self.ctype = default_type
+        self.params = {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(";" + rest)}
+        self._body = body
+        self.children: list[_Part] = []
+        if depth >= _MAX_DEPTH:
+            return
+        if self.ctype.startswith("multipart/"):
+            self.children = _split_multipart(body, self.params.get("boundary", ""), depth,
+                                             self.ctype)
+        elif self.ctype in ("message/rfc822", "message/global"):
+            inner = self.payload()
+            if inner.strip():
+                self.children = [_Part(inner.lstrip(b"\r\n"), depth + 1)]
+
+    def get(self, name: str, default: str = "") -> str:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+    def payload(self) -> bytes:
+        cte = self.get("content-transfer-encoding").strip().lower()
+        body = self._body
+        try:
+            if cte == "base64":
+                return binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==")
+            if cte == "quoted-printable":
+                return binascii.a2b_qp(body)
+        except (binascii.Error, ValueError):
+            pass
+        return body
+
+    def text(self) -> str:
+        return _bytes_to_str(self.payload(), self.params.get("charset"))
+
+
+def _split_head(raw: bytes) -> tuple[bytes, bytes]:
+    if not _FIRST_HEADER_RE.match(raw):
+        if raw[:2] in (b"\r\n",) or raw[:1] == b"\n":
+            return b"", raw.lstrip(b"\r\n") if False else raw[2:] if raw[:2] == b"\r\n" else raw[1:]
+        return b"", raw
+    m = _HEADER_END_RE.search(raw)
+    if not m:
+        return raw, b""
+    return raw[: m.start()], raw[m.end():]
+
+
+def _parse_header_block(head: bytes) -> list[tuple[str, str]]:
+    if not head:
+        return []
+    text = head.decode("utf-8", "replace")
+    out: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line[0] in " \t":
+            if out:
+                name, value = out[-1]
+                out[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and len(name) < 80 and " " not in name.strip():
+            out.append((name.strip().lower(), value.strip()))
+    return out
+
+
+def _split_multipart(body: bytes, boundary: str, depth: int, ctype: str) -> list[_Part]:
+    bnd = boundary.encode("utf-8", "replace") if boundary else b""
+    if not bnd or b"--" + bnd not in body:
+        m = _BOUNDARY_LINE_RE.search(body)  # declared boundary absent: use the one present
+        if not m:
+            return []
+        bnd = m.group(1)
+    delim = re.compile(rb"(?m)^--" + re.escape(bnd) + rb"(--)?[ \t]*\r?$")
+    parts: list[_Part] = []
+    starts = list(delim.finditer(body))
+    default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+    for i, m in enumerate(starts):
+        if m.group(1):  # closing delimiter
+            break
+        begin = m.end()
+        if body[begin:begin + 2] == b"\r\n":
+            begin += 2
+        elif body[begin:begin + 1] == b"\n":
+            begin += 1
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(body)
+        chunk = body[begin:end]
+        parts.append(_Part(chunk, depth + 1, default))
+    return parts
+
+
+_BOUNDARY_LINE_RE = re.compile(rb"(?m)^--([^\s]{1,200}?)(?:--)?[ \t]*\r?$")
 
 
 def _clean_address(value: str) -> str | None:
@@ -257,11 +360,8 @@ def _headers_from_text(text: str) -> dict[str, str]:
     if start is None:
         return {}
     chunk = "\n".join(lines[start:start + 400])
-    try:
-        msg = HeaderParser(policy=compat32).parsestr(chunk, headersonly=True)
-    except Exception:
-        return {}
-    return _header_map(msg)
+    head, _ = _split_head(chunk.encode("utf-8", "replace"))
+    return {k: _decode_header(v) for k, v in reversed(_parse_header_block(head))}
 
 
 _HEADER_LINE_RE = re.compile(
@@ -271,15 +371,10 @@ _HEADER_LINE_RE = re.compile(
 )
 
 
-def _header_map(msg: Message) -> dict[str, str]:
+def _header_map(part: _Part) -> dict[str, str]:
     out: dict[str, str] = {}
-    try:
-        items = msg.items()
-    except Exception:
-        return out
-    for name, value in items:
-        key = str(name).strip().lower()
-        if key and key not in out:
+    for key, value in part.headers:
+        if key not in out:
             out[key] = _decode_header(value)
     return out
 
@@ -302,48 +397,35 @@ class _Parts:
     delivery_status: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
     returned: list[dict[str, str]] = field(default_factory=list)
-    returned_msgs: list[Message] = field(default_factory=list)
+    returned_msgs: list[_Part] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     htmls: list[str] = field(default_factory=list)
 
 
-_FIELD_TYPES = frozenset(
-    {"message/delivery-status", "message/global-delivery-status", "message/feedback-report"}
-)
-
-
-def _walk(msg: Message, parts: _Parts, depth: int = 0) -> None:
-    if depth > 20:
+def _walk(part: _Part, parts: _Parts) -> None:
+    ctype = part.ctype
+    if ctype.startswith("multipart/"):
+        if part.children:
+            for sub in part.children:
+                _walk(sub, parts)
+        else:  # multipart without a usable boundary: keep it as text
+            parts.texts.append(part.text())
         return
-    ctype = msg.get_content_type()
-    if msg.is_multipart() and ctype not in _FIELD_TYPES:
-        payload = msg.get_payload()
-        if not isinstance(payload, list):
-            return
-        if ctype in ("message/rfc822", "message/global"):
-            for sub in payload:
-                if isinstance(sub, Message):
-                    parts.returned.append(_header_map(sub))
-                    parts.returned_msgs.append(sub)
-            return
-        for sub in payload:
-            if isinstance(sub, Message):
-                _walk(sub, parts, depth + 1)
+    if ctype in ("message/rfc822", "message/global"):
+        for sub in part.children:
+            parts.returned.append(_header_map(sub))
+            parts.returned_msgs.append(sub)
         return
     if ctype in ("message/delivery-status", "message/global-delivery-status"):
-        parts.delivery_status.append(_payload_text(msg))
+        parts.delivery_status.append(part.text())
     elif ctype == "message/feedback-report":
-        parts.feedback.append(_payload_text(msg))
+        parts.feedback.append(part.text())
     elif ctype in ("text/rfc822-headers", "text/global-headers", "message/rfc822-headers"):
-        parts.returned.append(_headers_from_text(_payload_text(msg)))
-    elif ctype in ("message/rfc822", "message/global"):
-        parts.returned.append(_headers_from_text(_payload_text(msg)))
-    elif ctype.startswith("multipart/"):  # multipart without a usable boundary
-        parts.texts.append(_payload_text(msg))
+        parts.returned.append(_headers_from_text(part.text()))
     elif ctype == "text/html":
-        parts.htmls.append(_payload_text(msg))
+        parts.htmls.append(part.text())
     elif ctype.startswith("text/") or ctype == "application/json":
-        parts.texts.append(_payload_text(msg))
+        parts.texts.append(part.text())
 
 
 _TAG_RE = re.compile(r"<(?:br|p|div|tr|li|/p|/div|/tr|/li|/h\d)[^>]*>", re.I)
@@ -414,16 +496,10 @@ def _parse(raw: bytes, depth: int = 0) -> Report:
     if raw.startswith(b"From "):
         nl = raw.find(b"\n")
         raw = raw[nl + 1:] if nl >= 0 else b""
-    msg = email.message_from_bytes(raw, policy=compat32)
+    msg = _Part(raw)
     subject = _decode_header(msg.get("Subject"))
     parts = _Parts()
     _walk(msg, parts)
-    if msg.is_multipart() is False and msg.get_content_maintype() == "multipart":
-        repaired = _repair_boundary(msg)
-        if repaired is not None:
-            msg = repaired
-            parts = _Parts()
-            _walk(msg, parts)
     returned = _merge_returned(parts.returned)
     ctx = _Context(msg, subject, parts, returned)
 
@@ -461,11 +537,10 @@ def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
     if depth > 2:
         return None
     for sub in ctx.parts.returned_msgs:
-        ctype = sub.get_content_type()
-        sender = str(sub.get("From", ""))
-        if ctype == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
+        sender = sub.get("From")
+        if sub.ctype == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
             try:
-                report = _parse(sub.as_bytes(), depth + 1)
+                report = _parse(sub.raw, depth + 1)
             except Exception:
                 continue
             if report.recipients and report.kind != Kind.AUTOREPLY:
@@ -475,7 +550,7 @@ def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
 
 @dataclass(slots=True)
 class _Context:
-    msg: Message
+    msg: _Part
     subject: str
     parts: _Parts
     returned: dict[str, str]
@@ -494,25 +569,6 @@ class _Context:
             feedback_type=feedback_type,
             subject=self.subject,
         )
-
-
-_BOUNDARY_LINE_RE = re.compile(r"(?m)^--([^\s]{1,200}?)(?:--)?[ \t]*\r?$")
-
-
-def _repair_boundary(msg: Message) -> Message | None:
-    """Reparse a multipart whose declared boundary does not occur in its body, using the
-    boundary lines actually present."""
-    payload = msg.get_payload()
-    if not isinstance(payload, str):
-        return None
-    m = _BOUNDARY_LINE_RE.search(payload)
-    if not m or msg.get_boundary() == m.group(1):
-        return None
-    try:
-        msg.set_boundary(m.group(1))
-        return email.message_from_bytes(msg.as_bytes(), policy=compat32)
-    except Exception:
-        return None
 
 
 def _merge_returned(blocks: list[dict[str, str]]) -> dict[str, str]:
@@ -627,7 +683,11 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
         remote_mta = _TYPE_PREFIX_RE.sub("", remote).strip() or None if remote else None
         reply = extract_reply_code(diag)
         diag_status = extract_status(diag)
-        if status and status.endswith(".0.0") and diag_status and diag_status[0] == status[0]:
+        if not diag_status and context:
+            diag_status = extract_status(context)
+        if status and diag_status and diag_status[0] == status[0] and (
+            status.endswith(".0.0") or status[2:] == "4.7"
+        ):
             status = diag_status
         if not status:
             status = diag_status
@@ -636,6 +696,12 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
             text = diag
             if context and (not diag or _weak(diag)):
                 text = f"{diag}\n{context}" if diag else context
+            elif context and len(diag) >= 60 and not diag.endswith((".", ")", "]", ">")):
+                # A Diagnostic-Code cut short (lost continuation lines): the human-readable part
+                # usually has the rest of the server's words.
+                tail = context.find(diag[-30:])
+                if tail >= 0:
+                    text = f"{diag} {context[tail + 30:tail + 330]}"
             if diag_type.startswith("x-unix") and "x-unix" not in text.lower():
                 text = f"x-unix; {text}"
             command = smtp_command(diag.lower()) or smtp_command(context.lower())
@@ -651,7 +717,7 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
 def _weak(diag: str) -> bool:
     """A diagnostic with only codes or boilerplate: read the human-readable part as well."""
     letters = sum(c.isalpha() for c in diag)
-    return letters < 12
+    return letters < 6
 
 
 def _norm_status(value: str) -> str | None:
@@ -752,8 +818,8 @@ def _looks_like_autoreply(ctx: _Context) -> bool:
     prec = str(msg.get("Precedence", "")).strip().lower()
     if (
         auto.startswith("auto-replied")
-        or msg.get("X-Autoreply") is not None
-        or msg.get("X-Autorespond") is not None
+        or msg.get("X-Autoreply", None) is not None
+        or msg.get("X-Autorespond", None) is not None
         or prec == "auto_reply"
         or (str(msg.get("X-Auto-Response-Suppress", "")).lower() == "all"
         and _AUTOREPLY_SUBJECT_RE.search(ctx.subject))
@@ -822,10 +888,15 @@ def _snippet_for(region: str, final: str, original: str | None) -> str:
         pos = low.find(addr.lower())
         if pos >= 0:
             line_start = low.rfind("\n", 0, pos) + 1
-            return _SPACE_RE.sub(" ", region[line_start:line_start + 600]).strip()
+            chunk = region[line_start:line_start + 600]
+            nxt = _NEXT_RCPT_RE.search(chunk, pos - line_start + len(addr))
+            if nxt:
+                chunk = chunk[: nxt.start()]
+            return _SPACE_RE.sub(" ", chunk).strip()
     return ""
 
 
+_NEXT_RCPT_RE = re.compile(r"\n\s*<?[^\s<>@]+@[^\s<>]+>?(?::|\s*$)", re.M)
 _NOT_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|mail-daemon|mailerdaemon)$", re.I)
 _INTRO_RE = re.compile(r"^\s*(?:[-*>]\s*)?(?:rcpt to:?\s*)?<?$", re.I)
 _QUOTED_ADDR_RE = re.compile(r"(\"[^\"\r\n]{1,64}\"|[^\s<>\"()\[\],;:]{1,128})@([\w.\-]+\.\w+)")
@@ -844,7 +915,7 @@ def _from_plain(ctx: _Context) -> Report:
     senders: set[str] = set()
     for h in ("From", "To", "Delivered-To", "X-Original-To", "Return-Path", "Reply-To",
               "Sender"):
-        for v in msg.get_all(h) or []:
+        for v in msg.get_all(h):
             for m in _ADDR_RE.finditer(_decode_header(v)):
                 senders.add(_addr(m.group(1), m.group(2)).lower())
     for h in ("from", "return-path", "reply-to", "sender"):
@@ -852,7 +923,7 @@ def _from_plain(ctx: _Context) -> Report:
             senders.add(_addr(m.group(1), m.group(2)).lower())
 
     failed = [
-        a.strip() for v in msg.get_all("X-Failed-Recipients") or [] for a in str(v).split(",")
+        a.strip() for v in msg.get_all("X-Failed-Recipients") for a in v.split(",")
     ]
     failed = [c for c in (_clean_address(a) for a in failed if a) if c]
 

@@ -295,3 +295,16 @@ inbound_mails = Table(
     Index(None, "state", "id"),
 )
 """Every mail the inbound server accepted, raw, stored before it is parsed."""
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", When, nullable=False),
+    Column("last_login_at", When),
+    Index(None, "account_id"),
+)
+"""People who sign in to the web UI; each one sees only its own account's data."""

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:09:32.594849
+Create Date: 2026-11-22 14:17:49.752292
 """
 
 from __future__ import annotations
@@ -203,6 +203,33 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_inbound_mails_state_id"), ["state", "id"], unique=False
         )
+
+    op.create_table(
+        "users",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column(
+            "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["accounts.id"],
+            name=op.f("fk_users_account_id_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+        sa.UniqueConstraint("email", name=op.f("uq_users_email")),
+    )
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_users_account_id"), ["account_id"], unique=False)
 
     op.create_table(
         "broadcasts",
@@ -447,7 +474,7 @@ def upgrade() -> None:
             "inbound_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
         sa.CheckConstraint(
-            "kind IN ('accepted', 'attempt', 'deferred', 'relayed', 'delivered', 'opened', 'clicked', 'bounced', 'expired', 'failed', 'dropped', 'blocked', 'duplicate', 'no_channel', 'cancelled', 'delayed', 'complained', 'unsubscribed')",
+            "kind IN ('attempt', 'deferred', 'relayed', 'delivered', 'opened', 'clicked', 'bounced', 'expired', 'failed', 'dropped', 'blocked', 'duplicate', 'no_channel', 'cancelled', 'delayed', 'complained', 'unsubscribed')",
             name=op.f("ck_events_kind"),
         ),
         sa.ForeignKeyConstraint(
@@ -548,6 +575,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_broadcasts_account_id_created_at"))
 
     op.drop_table("broadcasts")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_users_account_id"))
+
+    op.drop_table("users")
     with op.batch_alter_table("inbound_mails", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_inbound_mails_state_id"))
 

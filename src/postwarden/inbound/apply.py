@@ -1,0 +1,425 @@
+"""Apply stored inbound mails: parse each one, find the message it is about, record what it says.
+
+The server only stores raw mails (state "new"). Here each is claimed ("processing"), parsed with
+``dsn.parse`` and matched to messages, and its facts go through ``recorder.record`` like every
+other source: success -> delivered, delay -> delayed, bounce -> bounced (with the classifier's
+reason), complaint -> complained (and the address suppressed). The mail ends "done",
+"unmatched" (about no message we know) or "error" (the exception's text; the raw stays).
+
+Matching, strongest evidence first:
+
+1. the VERP token of the envelope recipient (``b+<token>@<bounce domain>``);
+2. the token quoted back in the returned headers: ``X-Postwarden-Id``, or the Message-ID
+   ``<token@bounce domain>``;
+3. the recipient's address: the most recent message to it within 30 days, in the accounts
+   whose bounce domain received the mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Row, func, select, update
+
+from postwarden import addresses, classify, clock, recorder, suppression, verp
+from postwarden.compose import TOKEN_HEADER
+from postwarden.inbound import dsn
+from postwarden.status import Kind, Status
+from postwarden.store import tables as t
+
+if TYPE_CHECKING:
+    from postwarden.service import Parts
+
+__all__ = ["ERROR", "MATCH_WINDOW", "claim", "process_pending", "run"]
+
+log = logging.getLogger(__name__)
+
+NEW = "new"
+PROCESSING = "processing"
+DONE = "done"
+UNMATCHED = "unmatched"
+ERROR = "error"
+
+MATCH_WINDOW = timedelta(days=30)
+"""How far back an address-only match looks for the message a report is about."""
+
+_ATTEMPTED = tuple(
+    s.value
+    for s in (
+        Status.SENDING,
+        Status.DEFERRED,
+        Status.SENT,
+        Status.DELIVERED,
+        Status.OPENED,
+        Status.CLICKED,
+        Status.BOUNCED,
+    )
+)
+"""Statuses of messages that could have reached the recipient's side (address matching)."""
+
+_RECIPIENT_KIND = {
+    dsn.Kind.SUCCESS: Kind.DELIVERED,
+    dsn.Kind.DELAY: Kind.DELAYED,
+    dsn.Kind.BOUNCE: Kind.BOUNCED,
+}
+_COMPLAINT_TYPES = frozenset({"abuse", "fraud", "other"})
+_UNSUBSCRIBE_TYPES = frozenset({"opt-out", "unsubscribe"})
+"""ARF feedback types. Others (``not-spam``, ``auth-failure``, ``virus``) are not the
+recipient asking to stop: they are kept but change no message."""
+
+im = t.inbound_mails
+m = t.messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    id: int
+    account_id: int
+    to_addr: str
+    matched_by: str
+
+
+# region claiming
+
+
+def claim(conn: Connection, limit: int) -> list[int]:
+    """Take up to ``limit`` new mails (oldest first) and mark them "processing"; on
+    PostgreSQL another process skips the rows this one holds."""
+    pick = (
+        select(im.c.id)
+        .where(im.c.state == NEW)
+        .order_by(im.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = conn.scalars(
+        update(im)
+        .where(im.c.id.in_(pick.scalar_subquery()))
+        .values(state=PROCESSING)
+        .returning(im.c.id)
+    )
+    return sorted(claimed)
+
+
+def process_pending(parts: Parts, limit: int = 200) -> int:
+    """Apply up to ``limit`` stored mails; returns how many were taken (blocking: run it in a
+    thread). A mail that cannot be applied ends "error" with the reason; nothing is raised."""
+    with parts.engine.begin() as conn:
+        ids = claim(conn, limit)
+    policy = suppression.Policy(parts.settings.soft_bounce_limit, parts.settings.soft_bounce_days)
+    for inbound_id in ids:
+        try:
+            _process_one(parts, inbound_id, policy)
+        except Exception as exc:
+            log.exception("inbound mail %d could not be applied", inbound_id)
+            _mark_error(parts, inbound_id, exc)
+    return len(ids)
+
+
+def _mark_error(parts: Parts, inbound_id: int, exc: Exception) -> None:
+    text = f"{type(exc).__name__}: {exc}"[:2000]
+    try:
+        with parts.engine.begin() as conn:
+            conn.execute(update(im).where(im.c.id == inbound_id).values(state=ERROR, error=text))
+    except Exception:
+        log.exception("inbound mail %d: cannot even record the error", inbound_id)
+
+
+# endregion
+
+# region applying one mail
+
+
+def _process_one(parts: Parts, inbound_id: int, policy: suppression.Policy) -> None:
+    with parts.engine.connect() as conn:
+        row = conn.execute(
+            select(im.c.raw, im.c.rcpt_to, im.c.received_at).where(im.c.id == inbound_id)
+        ).one()
+    report = dsn.parse(bytes(row.raw))  # pure; kept out of the write transaction
+    with parts.engine.begin() as conn:
+        # A write first: SQLite takes its write lock now instead of failing a later upgrade.
+        conn.execute(update(im).where(im.c.id == inbound_id).values(state=PROCESSING))
+        state, account_id = apply_report(
+            conn,
+            parts.secret,
+            report,
+            inbound_id=inbound_id,
+            rcpt_to=list(row.rcpt_to or ()),
+            received_at=row.received_at,
+            policy=policy,
+        )
+        conn.execute(
+            update(im)
+            .where(im.c.id == inbound_id)
+            .values(state=state, kind=report.kind.value, account_id=account_id, error=None)
+        )
+
+
+def apply_report(
+    conn: Connection,
+    secret: bytes,
+    report: dsn.Report,
+    *,
+    inbound_id: int | None,
+    rcpt_to: Sequence[str],
+    received_at: datetime,
+    policy: suppression.Policy,
+) -> tuple[str, int | None]:
+    """Record the facts of one parsed report; returns the mail's final state and account."""
+    account_ids = _accounts_of(conn, rcpt_to)
+    by_token = _match_token(conn, secret, rcpt_to, report)
+    recipients = list(report.recipients)
+    if not recipients and by_token is not None and report.kind is dsn.Kind.COMPLAINT:
+        # ARF reports often redact the recipient; the quoted token still names the message.
+        recipients = [
+            dsn.Recipient(by_token.to_addr, None, dsn.Kind.COMPLAINT, None, None, "", None, None)
+        ]
+    actionable = [r for r in recipients if _fact_kind(report, r) is not None]
+    if by_token is not None and len(actionable) > 1:
+        # One message has one recipient: keep the report's lines about it, if it names it.
+        own = [r for r in actionable if _is_address_of(r, by_token.to_addr)]
+        actionable = own or actionable
+
+    facts: list[recorder.Fact] = []
+    targets: dict[int, _Target] = {}
+    for recipient in actionable:
+        target = by_token or _match_address(conn, account_ids, recipient)
+        if target is None:
+            log.info("inbound mail %s: no message for %s", inbound_id, recipient.address)
+            continue
+        targets[target.id] = target
+        facts.append(_fact(target, report, recipient, inbound_id, received_at))
+
+    if facts:
+        floors = _attempt_times(conn, list(targets))
+        facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
+        recorder.record(conn, facts, policy=policy)
+        account_id: int | None = next(iter(targets.values())).account_id
+        return DONE, account_id
+    if by_token is not None:
+        account_id = by_token.account_id
+    else:
+        account_id = account_ids[0] if len(account_ids) == 1 else None
+    if report.kind is dsn.Kind.AUTOREPLY or (recipients and not actionable):
+        return DONE, account_id  # an auto-reply, a not-spam report: nothing to apply
+    return UNMATCHED, account_id
+
+
+def _fact_kind(report: dsn.Report, recipient: dsn.Recipient) -> Kind | None:
+    if recipient.kind is dsn.Kind.COMPLAINT:
+        feedback = (report.feedback_type or "abuse").lower()
+        if feedback in _COMPLAINT_TYPES:
+            return Kind.COMPLAINED
+        if feedback in _UNSUBSCRIBE_TYPES:
+            return Kind.UNSUBSCRIBED
+        return None
+    return _RECIPIENT_KIND.get(recipient.kind)
+
+
+def _fact(
+    target: _Target,
+    report: dsn.Report,
+    r: dsn.Recipient,
+    inbound_id: int | None,
+    received_at: datetime,
+) -> recorder.Fact:
+    kind = _fact_kind(report, r)
+    assert kind is not None
+    complaint = r.kind is dsn.Kind.COMPLAINT
+    reason: str | None = None
+    hard: bool | None = None
+    detail = r.diagnostic.strip() or None
+    if kind in (Kind.BOUNCED, Kind.DELAYED):
+        verdict = r.verdict or classify.classify(
+            r.diagnostic or report.subject, status=r.status, reply_code=r.reply_code
+        )
+        reason = verdict.reason
+        # A delay is never final; a bounce report is final even when its reason is soft.
+        hard = verdict.hard if kind is Kind.BOUNCED else False
+        detail = detail or verdict.explanation
+    elif complaint:
+        detail = f"the recipient reported the message ({report.feedback_type or 'abuse'})"
+    code = r.status or (str(r.reply_code) if r.reply_code else None)
+    data: dict[str, Any] = {
+        "recipient": r.address,
+        "original_recipient": r.original,
+        "status": r.status,
+        "reply_code": r.reply_code,
+        "remote_mta": r.remote_mta,
+        "feedback_type": report.feedback_type,
+        "original_message_id": report.original_message_id,
+        "subject": report.subject[:200] or None,
+        "matched_by": target.matched_by,
+    }
+    return recorder.Fact(
+        message_id=target.id,
+        kind=kind,
+        source="arf" if complaint else "dsn",
+        occurred_at=received_at,
+        reason=reason[:32] if reason else None,
+        hard=hard,
+        code=code[:16] if code else None,
+        detail=detail,
+        data={k: v for k, v in data.items() if v is not None},
+        dedupe_key=dedupe_key(report, r),
+        inbound_id=inbound_id,
+    )
+
+
+def dedupe_key(report: dsn.Report, r: dsn.Recipient) -> str:
+    """The same report received twice gives the same key, so it is recorded once."""
+    parts = [
+        r.kind.value,
+        r.address.lower(),
+        r.status or "",
+        str(r.reply_code or ""),
+        " ".join(r.diagnostic.split()),
+        report.original_message_id or "",
+        report.feedback_type or "",
+    ]
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"inbound:{digest[:48]}"
+
+
+def _not_before(fact: recorder.Fact, floor: datetime | None) -> recorder.Fact:
+    """A report is about an attempt, so it cannot precede it; keep the timeline in that order
+    even when the report arrived while the dispatcher was still recording the attempt."""
+    if floor is None or fact.occurred_at > floor:
+        return fact
+    return recorder.Fact(
+        fact.message_id,
+        fact.kind,
+        fact.source,
+        floor + timedelta(microseconds=1),
+        fact.reason,
+        fact.hard,
+        fact.code,
+        fact.detail,
+        fact.data,
+        fact.dedupe_key,
+        fact.inbound_id,
+    )
+
+
+def _attempt_times(conn: Connection, message_ids: list[int]) -> dict[int, datetime]:
+    rows = conn.execute(
+        select(t.events.c.message_id, func.max(t.events.c.occurred_at))
+        .where(t.events.c.message_id.in_(message_ids), t.events.c.source == "smtp")
+        .group_by(t.events.c.message_id)
+    )
+    return {mid: when for mid, when in rows if when is not None}
+
+
+# endregion
+
+# region matching
+
+
+def _accounts_of(conn: Connection, rcpt_to: Sequence[str]) -> list[int]:
+    """The accounts whose bounce domain received the mail."""
+    domains = {addresses.domain_of(r).strip("<>").lower().rstrip(".") for r in rcpt_to}
+    domains.discard("")
+    if not domains:
+        return []
+    return sorted(
+        conn.scalars(
+            select(t.accounts.c.id).where(func.lower(t.accounts.c.bounce_domain).in_(domains))
+        )
+    )
+
+
+def _message(conn: Connection, message_id: int | None, matched_by: str) -> _Target | None:
+    if message_id is None:
+        return None
+    row = conn.execute(
+        select(m.c.id, m.c.account_id, m.c.to_addr).where(m.c.id == message_id)
+    ).first()
+    return _target(row, matched_by) if row is not None else None
+
+
+def _target(row: Row[Any], matched_by: str) -> _Target:
+    return _Target(row.id, row.account_id, row.to_addr, matched_by)
+
+
+def _match_token(
+    conn: Connection, secret: bytes, rcpt_to: Sequence[str], report: dsn.Report
+) -> _Target | None:
+    for rcpt in rcpt_to:
+        local = rcpt.strip("<>").rpartition("@")[0].lower()
+        if local.startswith(verp.PREFIX):
+            found = _message(conn, verp.message_id_of(secret, rcpt), "verp")
+            if found is not None:
+                return found
+    headers = report.returned_headers
+    token = headers.get(TOKEN_HEADER.lower(), "").strip()
+    if token:
+        found = _message(conn, verp.message_id_of(secret, token), "header")
+        if found is not None:
+            return found
+    for value in (report.original_message_id, headers.get("message-id")):
+        if value and "@" in value:
+            found = _message(conn, verp.message_id_of(secret, value), "message-id")
+            if found is not None:
+                return found
+    return None
+
+
+def _match_address(conn: Connection, account_ids: list[int], r: dsn.Recipient) -> _Target | None:
+    if not account_ids:
+        return None
+    since = clock.now() - MATCH_WINDOW
+    for address in filter(None, (r.address, r.original)):
+        row = conn.execute(
+            select(m.c.id, m.c.account_id, m.c.to_addr)
+            .where(
+                m.c.account_id.in_(account_ids),
+                m.c.to_addr == addresses.normalize(address),
+                m.c.channel == "email",
+                m.c.status.in_(_ATTEMPTED),
+                m.c.created_at >= since,
+            )
+            .order_by(m.c.created_at.desc(), m.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is not None:
+            return _target(row, "address")
+    return None
+
+
+def _is_address_of(r: dsn.Recipient, to_addr: str) -> bool:
+    wanted = to_addr.lower()
+    return any(a and addresses.normalize(a) == wanted for a in (r.address, r.original))
+
+
+# endregion
+
+
+async def run(
+    parts: Parts,
+    stop: asyncio.Event,
+    wake: asyncio.Event | None = None,
+    *,
+    interval: float = 0.2,
+) -> None:
+    """Apply stored mails until ``stop`` is set: every ``interval`` seconds, or at once when
+    ``wake`` is set (the server sets it after storing a mail)."""
+    wake = wake or asyncio.Event()
+    while not stop.is_set():
+        wake.clear()  # before the round: a mail stored during it wakes the next one
+        try:
+            done = await asyncio.to_thread(process_pending, parts)
+        except Exception:
+            log.exception("inbound round failed; retrying")
+            done = 0
+        if done:
+            continue
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,92 @@
+"""Hand-written SMTP servers for behaviour aiosmtpd will not produce, shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class RawServer:
+    """A hand-written SMTP server for behaviour aiosmtpd will not produce.
+
+    mode "silent": accepts TCP and never says anything.
+    Recipients starting "drop" make it close the connection in the middle of DATA;
+    "bye" gets "421 4.3.2 shutting down" and the connection closed.
+    """
+
+    def __init__(self, mode: str = "normal", data_delay: float = 0.0) -> None:
+        self.mode = mode
+        self.data_delay = data_delay
+        self.connections = 0
+        self.active = 0
+        self.max_active = 0
+        self.delivered: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self._writers):
+            w.close()
+        await self.server.wait_closed()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self._writers.add(writer)
+        try:
+            await self._session(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.active -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "silent":
+            await reader.read()
+            return
+        writer.write(b"220 raw.test ESMTP\r\n")
+        rcpt = ""
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-raw.test\r\n250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                writer.write(b"250 2.1.0 Ok\r\n")
+            elif verb == b"RCPT":
+                rcpt = line.decode().split("<", 1)[1].split(">", 1)[0]
+                if rcpt.startswith("bye"):
+                    writer.write(b"421 4.3.2 raw.test shutting down\r\n")
+                    await writer.drain()
+                    return
+                writer.write(b"250 2.1.5 Ok\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                await writer.drain()
+                if rcpt.startswith("drop"):
+                    await reader.readline()  # one line of the message, then hang up
+                    return
+                while (await reader.readline()) != b".\r\n":
+                    pass
+                if self.data_delay:
+                    await asyncio.sleep(self.data_delay)
+                self.delivered.append(rcpt)
+                writer.write(b"250 2.0.0 Ok: queued\r\n")
+            elif verb == b"RSET":
+                writer.write(b"250 2.0.0 Ok\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 2.0.0 Bye\r\n")
+                await writer.drain()
+                return
+            else:
+                writer.write(b"502 5.5.2 Error: command not recognized\r\n")
+            await writer.drain()
