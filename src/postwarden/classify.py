@@ -650,8 +650,49 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
 ]
 
-_COMPILED_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile("|".join(f"(?:{p})" for p in patterns))) for reason, patterns in _TEXT_RULES
+def _literal_runs(pattern: str) -> list[str] | None:
+    """Literal strings one of which must occur in any text the pattern matches (the longest
+    literal run of each top-level alternative), or None when some alternative has none."""
+    from re import _parser as sre_parse  # the stdlib's own parser, used once at import
+
+    tree = sre_parse.parse(pattern)
+    items = list(tree)
+    if len(items) == 1 and items[0][0] is sre_parse.BRANCH:
+        branches = [list(b) for b in items[0][1][1]]
+    else:
+        branches = [items]
+    runs: list[str] = []
+    for seq in branches:
+        best, current = "", ""
+        for op, arg in seq:
+            if op is sre_parse.LITERAL:
+                current += chr(arg)
+                continue
+            best = max(best, current, key=len)
+            current = ""
+        best = max(best, current, key=len)
+        if len(best) < 3:
+            return None
+        runs.append(best)
+    return runs
+
+
+def _compile_rule(patterns: list[str]) -> tuple[re.Pattern[str], tuple[str, ...] | None]:
+    gate: list[str] | None = []
+    for p in patterns:
+        runs = _literal_runs(p)
+        if runs is None or gate is None:
+            gate = None
+        else:
+            gate.extend(runs)
+    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return regex, tuple(sorted(set(gate))) if gate is not None else None
+
+
+# (reason, regex, literal gate): the regex is only tried when the text contains one of the
+# gate's literals (None: always tried). This keeps classification fast on long bounce texts.
+_COMPILED_RULES: tuple[tuple[str, re.Pattern[str], tuple[str, ...] | None], ...] = tuple(
+    (reason, *_compile_rule(patterns)) for reason, patterns in _TEXT_RULES
 )
 
 _STATUS_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
@@ -768,7 +809,9 @@ def _base_reason(
         if status.startswith("2."):
             return "undefined"
     if text:
-        for reason, pattern in _COMPILED_RULES:
+        for reason, pattern, gate in _COMPILED_RULES:
+            if gate is not None and not any(lit in text for lit in gate):
+                continue
             if pattern.search(text):
                 return _refine(reason, text, status, command)
     if status:

@@ -181,6 +181,10 @@ class _Part:
                 return value
         return default
 
+    def has(self, name: str) -> bool:
+        name = name.lower()
+        return any(key == name for key, _ in self.headers)
+
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
         return [value for key, value in self.headers if key == name]
@@ -202,9 +206,11 @@ class _Part:
 
 
 def _split_head(raw: bytes) -> tuple[bytes, bytes]:
+    if raw.startswith(b"\r\n"):
+        return b"", raw[2:]
+    if raw.startswith(b"\n"):
+        return b"", raw[1:]
     if not _FIRST_HEADER_RE.match(raw):
-        if raw[:2] in (b"\r\n",) or raw[:1] == b"\n":
-            return b"", raw.lstrip(b"\r\n") if False else raw[2:] if raw[:2] == b"\r\n" else raw[1:]
         return b"", raw
     m = _HEADER_END_RE.search(raw)
     if not m:
@@ -238,21 +244,25 @@ def _split_multipart(body: bytes, boundary: str, depth: int, ctype: str) -> list
         if not m:
             return []
         bnd = m.group(1)
-    delim = re.compile(rb"(?m)^--" + re.escape(bnd) + rb"(--)?[ \t]*\r?$")
+    # Delimiter lines: "--boundary" or "--boundary--" alone on a line (trailing blanks allowed).
+    marker = b"--" + bnd
+    delims: list[tuple[int, int, bool]] = []  # (line start, next line start, closing)
+    idx = body.find(marker)
+    while idx != -1:
+        if idx == 0 or body[idx - 1] == 10:
+            eol = body.find(b"\n", idx)
+            stop = eol if eol != -1 else len(body)
+            rest = body[idx + len(marker):stop].rstrip(b"\r \t")
+            if rest in (b"", b"--"):
+                delims.append((idx, stop + 1, rest == b"--"))
+        idx = body.find(marker, idx + len(marker))
     parts: list[_Part] = []
-    starts = list(delim.finditer(body))
     default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-    for i, m in enumerate(starts):
-        if m.group(1):  # closing delimiter
+    for i, (_, begin, closing) in enumerate(delims):
+        if closing:
             break
-        begin = m.end()
-        if body[begin:begin + 2] == b"\r\n":
-            begin += 2
-        elif body[begin:begin + 1] == b"\n":
-            begin += 1
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(body)
-        chunk = body[begin:end]
-        parts.append(_Part(chunk, depth + 1, default))
+        end = delims[i + 1][0] if i + 1 < len(delims) else len(body)
+        parts.append(_Part(body[begin:end], depth + 1, default))
     return parts
 
 
@@ -818,8 +828,8 @@ def _looks_like_autoreply(ctx: _Context) -> bool:
     prec = str(msg.get("Precedence", "")).strip().lower()
     if (
         auto.startswith("auto-replied")
-        or msg.get("X-Autoreply", None) is not None
-        or msg.get("X-Autorespond", None) is not None
+        or msg.has("X-Autoreply")
+        or msg.has("X-Autorespond")
         or prec == "auto_reply"
         or (str(msg.get("X-Auto-Response-Suppress", "")).lower() == "all"
         and _AUTOREPLY_SUBJECT_RE.search(ctx.subject))

@@ -1,0 +1,673 @@
+"""The inbound SMTP server and the applying of what it stores, over real SMTP, on both DBs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiosmtplib
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, select
+
+from postwarden import accounts, intake, recorder, schemas, suppression, verp
+from postwarden.channels.smtp import SMTPChannel, SMTPConfig
+from postwarden.dispatcher import Dispatcher
+from postwarden.inbound import apply
+from postwarden.inbound.server import InboundServer
+from postwarden.service import Parts, running_inbound
+from postwarden.settings import Settings
+from postwarden.simulator import Simulator, build_dsn
+from postwarden.status import Kind
+from postwarden.store import tables as t
+
+BOUNCE_DOMAIN = "bounces.acme.test"
+POLICY = suppression.Policy()
+LIMITS = intake.Limits(10_000_000, 200_000)
+
+
+# region helpers
+
+
+def secret_of(settings: Settings) -> bytes:
+    assert settings.secret_key is not None
+    return settings.secret_key.get_secret_value().encode()
+
+
+@pytest.fixture
+def parts(settings: Settings, engine: Engine) -> Parts:
+    return Parts(settings, engine, secret_of(settings))
+
+
+@pytest.fixture
+def account(account_key: tuple[accounts.Account, str]) -> accounts.Account:
+    return account_key[0]
+
+
+@pytest.fixture
+async def server(parts: Parts) -> AsyncIterator[InboundServer]:
+    async with InboundServer(parts, host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+def submit(engine: Engine, account: accounts.Account, to: str) -> schemas.Accepted:
+    body = schemas.MessageIn.model_validate(
+        {"from": "shop@acme.test", "to": to, "subject": "Your order", "text": "hello"}
+    )
+    with engine.begin() as conn:
+        return intake.submit_message(conn, account, body, LIMITS)
+
+
+def make_message(engine: Engine, account: accounts.Account, to: str, reached: Kind) -> int:
+    """A message that was attempted and then ``reached`` (RELAYED: sent, DELIVERED)."""
+    message_id = submit(engine, account, to).id
+    with engine.begin() as conn:
+        recorder.record(
+            conn,
+            [
+                recorder.Fact(message_id, Kind.ATTEMPT, "smtp", dedupe_key="attempt"),
+                recorder.Fact(message_id, reached, "smtp", dedupe_key="attempt:1"),
+            ],
+            policy=POLICY,
+        )
+    return message_id
+
+
+def original(secret: bytes, message_id: int, to: str, *, token: bool = True) -> bytes:
+    """The headers of the message as Postwarden sent it (what a DSN quotes back)."""
+    tok = verp.token(secret, message_id)
+    lines = [
+        f"Return-Path: <b+{tok}@{BOUNCE_DOMAIN}>",
+        "From: shop@acme.test",
+        f"To: <{to}>",
+        "Subject: Your order",
+    ]
+    if token:
+        lines += [f"Message-ID: <{tok}@{BOUNCE_DOMAIN}>", f"X-Postwarden-Id: {tok}"]
+    else:
+        lines += ["Message-ID: <unrelated.1@acme.test>"]
+    return ("\r\n".join(lines) + "\r\n\r\nhello\r\n").encode()
+
+
+def dsn_for(
+    secret: bytes,
+    message_id: int,
+    to: str,
+    *,
+    status: str = "5.1.1",
+    diagnostic: str | None = None,
+    action: str = "failed",
+    token: bool = True,
+) -> bytes:
+    if diagnostic is None:
+        diagnostic = f"550 5.1.1 <{to}>: Recipient address rejected: User unknown"
+    return build_dsn(
+        reporting_mta="mx.example.test",
+        original=original(secret, message_id, to, token=token),
+        recipient=to,
+        status=status,
+        diagnostic=diagnostic,
+        action=action,
+        sender=verp.address(secret, message_id, BOUNCE_DOMAIN),
+    )
+
+
+def arf_for(secret: bytes, message_id: int, to: str, feedback_type: str = "abuse") -> bytes:
+    boundary = "ARF-BOUNDARY-1"
+    head = original(secret, message_id, to).split(b"\r\n\r\n", 1)[0].decode()
+    return (
+        "From: feedback@fbl.example.net\r\n"
+        f"To: fbl@{BOUNCE_DOMAIN}\r\n"
+        "Subject: FW: Your order\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=feedback-report; boundary="{boundary}"\r\n'
+        "\r\n"
+        f"--{boundary}\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n"
+        "\r\n"
+        "This is an email abuse report for an email message received.\r\n"
+        f"--{boundary}\r\n"
+        "Content-Type: message/feedback-report\r\n"
+        "\r\n"
+        f"Feedback-Type: {feedback_type}\r\n"
+        "User-Agent: ExampleFBL/1.0\r\n"
+        "Version: 1\r\n"
+        f"Original-Rcpt-To: {to}\r\n"
+        "Source-IP: 192.0.2.1\r\n"
+        "\r\n"
+        f"--{boundary}\r\n"
+        "Content-Type: text/rfc822-headers\r\n"
+        "\r\n"
+        f"{head}\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+async def smtp_send(port: int, rcpts: list[str], data: bytes, sender: str = "") -> tuple[int, str]:
+    """One SMTP transaction; returns the reply to DATA (RCPT refusals raise)."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        await client.mail(sender)
+        for rcpt in rcpts:
+            await client.rcpt(rcpt)
+        reply = await client.data(data)
+        await client.quit()
+        return reply.code, reply.message
+    finally:
+        client.close()
+
+
+def on_the_wire(raw: bytes) -> bytes:
+    """What an SMTP client transmits: CRLF line ends, a final CRLF."""
+    raw = re.sub(rb"\r\n|\n|\r(?!\n)", b"\r\n", raw)
+    return raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+
+
+async def process(parts: Parts) -> int:
+    return await asyncio.to_thread(apply.process_pending, parts)
+
+
+def inbound_rows(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(t.inbound_mails).order_by(t.inbound_mails.c.id)))
+
+
+def message(engine: Engine, message_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(t.messages).where(t.messages.c.id == message_id)).one()
+
+
+def events(engine: Engine, message_id: int, source: str | None = None) -> list[Any]:
+    query = select(t.events).where(t.events.c.message_id == message_id)
+    if source:
+        query = query.where(t.events.c.source == source)
+    with engine.connect() as conn:
+        return list(conn.execute(query.order_by(t.events.c.id)))
+
+
+def suppressed(engine: Engine, account_id: int, address: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(t.suppressions).where(
+                t.suppressions.c.account_id == account_id, t.suppressions.c.address == address
+            )
+        ).first()
+
+
+# endregion
+
+# region the SMTP conversation
+
+
+async def test_verp_bounce_is_accepted_and_applied(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "gone@example.test", Kind.RELAYED)
+    verp_addr = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    code, _ = await smtp_send(
+        server.port, [verp_addr], dsn_for(parts.secret, mid, "gone@example.test")
+    )
+    assert code == 250
+    (stored,) = inbound_rows(engine)
+    assert stored.state == "new"
+    assert stored.rcpt_to == [verp_addr]
+    assert stored.mail_from == ""
+    assert stored.peer.startswith("127.0.0.1:")
+
+    assert await process(parts) == 1
+    row = message(engine, mid)
+    assert row.status == "bounced"
+    assert row.reason == "userunknown"
+    (event,) = events(engine, mid, "dsn")
+    assert event.kind == "bounced"
+    assert event.inbound_id == stored.id
+    assert event.hard is True
+    assert event.reason == "userunknown"
+    assert event.code == "5.1.1"
+    assert event.data["matched_by"] == "verp"
+    entry = suppressed(engine, account.id, "gone@example.test")
+    assert entry is not None and entry.reason == "userunknown" and entry.message_id == mid
+    (done,) = inbound_rows(engine)
+    assert (done.state, done.kind, done.account_id) == ("done", "bounce", account.id)
+    assert await process(parts) == 0
+
+
+async def test_unknown_recipients_are_refused_at_rcpt(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    token = verp.token(parts.secret, mid)
+    for rcpt in (
+        f"someone@{BOUNCE_DOMAIN}",  # not a catch-all
+        f"b+{token}@other.test",  # not a relay
+        f"b+{token}@sub.{BOUNCE_DOMAIN}",
+        "postmaster@example.test",
+    ):
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await smtp_send(server.port, [rcpt], b"Subject: x\r\n\r\nx\r\n")
+        assert refused.value.code == 550
+        assert "5.1.1" in refused.value.message
+    assert inbound_rows(engine) == []
+    # The feedback addresses are accepted (case-insensitively).
+    code, _ = await smtp_send(
+        server.port, [f"FBL@{BOUNCE_DOMAIN.upper()}"], b"Subject: x\r\n\r\nx\r\n"
+    )
+    assert code == 250
+    assert len(inbound_rows(engine)) == 1
+
+
+async def test_forged_verp_token_is_refused(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    forged = verp.address(b"not-the-secret", mid, BOUNCE_DOMAIN)
+    real = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    tampered = real.replace("b+", "b+a", 1)
+    for rcpt in (forged, tampered, f"b+@{BOUNCE_DOMAIN}", f"b+!!!@{BOUNCE_DOMAIN}"):
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await smtp_send(server.port, [rcpt], b"Subject: x\r\n\r\nx\r\n")
+        assert refused.value.code == 550
+    assert inbound_rows(engine) == []
+
+
+async def test_new_account_domain_is_accepted_within_seconds(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    with engine.begin() as conn:
+        other, _ = accounts.create(conn, "globex", "bounces.globex.test")
+    mid = make_message(engine, other, "x@example.test", Kind.RELAYED)
+    rcpt = verp.address(parts.secret, mid, "bounces.globex.test")
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            code, _ = await smtp_send(server.port, [rcpt], b"Subject: x\r\n\r\nx\r\n")
+            break
+        except aiosmtplib.SMTPRecipientRefused:
+            assert time.monotonic() < deadline, "new bounce domain still refused"
+            await asyncio.sleep(0.2)
+    assert code == 250
+
+
+async def test_oversized_message_is_refused_with_552(
+    settings: Settings, engine: Engine, account: accounts.Account
+) -> None:
+    small = settings.model_copy(update={"inbound_max_bytes": 4000})
+    parts = Parts(small, engine, secret_of(settings))
+    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    big = b"Subject: big\r\n\r\n" + b"y" * 70 + b"\r\n"
+    big = big * 100
+    async with InboundServer(parts, host="127.0.0.1", port=0) as srv:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp_send(srv.port, [rcpt], big)
+        assert refused.value.code == 552
+        assert "5.3.4" in refused.value.message
+        # The connection stays usable, and a mail within the limit goes through.
+        code, _ = await smtp_send(srv.port, [rcpt], b"Subject: small\r\n\r\nok\r\n")
+        assert code == 250
+    assert len(inbound_rows(engine)) == 1
+
+
+async def test_connection_limit_answers_421(
+    settings: Settings, engine: Engine, account: accounts.Account
+) -> None:
+    limited = settings.model_copy(update={"inbound_max_connections": 1})
+    parts = Parts(limited, engine, secret_of(settings))
+    async with InboundServer(parts, host="127.0.0.1", port=0) as srv:
+        first = aiosmtplib.SMTP(hostname="127.0.0.1", port=srv.port, start_tls=False, timeout=5)
+        await first.connect()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            greeting = await asyncio.wait_for(reader.readline(), 5)
+            assert greeting.startswith(b"421 ")
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            writer.close()
+        finally:
+            first.close()
+        await asyncio.sleep(0.1)
+        code, _ = await smtp_send(srv.port, [f"fbl@{BOUNCE_DOMAIN}"], b"Subject: x\r\n\r\nx\r\n")
+        assert code == 250
+
+
+async def test_idle_connection_times_out(
+    settings: Settings, engine: Engine, account: accounts.Account
+) -> None:
+    quick = settings.model_copy(update={"inbound_timeout": 0.3})
+    parts = Parts(quick, engine, secret_of(settings))
+    async with InboundServer(parts, host="127.0.0.1", port=0) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        assert (await reader.readline()).startswith(b"220 ")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+# endregion
+
+# region what the reports do
+
+
+async def test_mangled_mime_is_kept_raw_and_never_crashes(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    good = dsn_for(parts.secret, mid, "x@example.test")
+    samples = [
+        bytes(range(256)).replace(b"\r", b"").replace(b"\n", b"\r\n"),
+        good[: len(good) // 2],  # truncated multipart
+        b'Content-Type: multipart/report; boundary="nope"\r\n\r\n--nope\r\n'
+        b"Content-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822;",
+        b"\x00\xff\xfe garbage \x80\r\n",
+    ]
+    for raw in samples:
+        code, _ = await smtp_send(server.port, [rcpt], raw)
+        assert code == 250
+    assert await process(parts) == len(samples)
+    rows = inbound_rows(engine)
+    assert [bytes(r.raw) for r in rows] == [on_the_wire(raw) for raw in samples]
+    assert all(r.state in ("done", "unmatched", "error") for r in rows)
+    # A bounce to a VERP address is about that message even when it cannot be read.
+    assert message(engine, mid).status in ("sent", "bounced")
+
+
+@hsettings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    junk=st.binary(max_size=300),
+    cut=st.integers(min_value=0, max_value=4000),
+    at=st.integers(min_value=0, max_value=4000),
+    use_dsn=st.booleans(),
+)
+def test_random_and_truncated_mime_through_store_and_process(
+    parts: Parts,
+    engine: Engine,
+    account: accounts.Account,
+    junk: bytes,
+    cut: int,
+    at: int,
+    use_dsn: bool,
+) -> None:
+    mid = make_message(engine, account, "h@example.test", Kind.RELAYED)
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    if use_dsn:
+        good = dsn_for(parts.secret, mid, "h@example.test")[:cut]
+        raw = good[:at] + junk + good[at:]
+    else:
+        raw = junk
+    inbound_id = InboundServer(parts, host="127.0.0.1", port=0).store("p", "", [rcpt], raw)
+    apply.process_pending(parts)
+    with engine.connect() as conn:
+        row = conn.execute(select(t.inbound_mails).where(t.inbound_mails.c.id == inbound_id)).one()
+    assert bytes(row.raw) == raw
+    assert row.state in ("done", "unmatched", "error")
+    assert message(engine, mid).status in ("sent", "bounced")
+
+
+async def test_parser_fault_marks_error_and_keeps_raw(
+    server: InboundServer,
+    parts: Parts,
+    engine: Engine,
+    account: accounts.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(raw: bytes) -> Any:
+        raise RuntimeError("parser exploded")
+
+    monkeypatch.setattr(apply.dsn, "parse", broken)
+    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    raw = dsn_for(parts.secret, mid, "x@example.test")
+    code, _ = await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    assert code == 250  # stored before any parsing
+    assert await process(parts) == 1
+    (row,) = inbound_rows(engine)
+    assert row.state == "error"
+    assert "parser exploded" in row.error
+    assert bytes(row.raw) == raw
+    assert message(engine, mid).status == "sent"
+
+
+async def test_same_dsn_twice_changes_nothing(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "gone@example.test", Kind.RELAYED)
+    raw = dsn_for(parts.secret, mid, "gone@example.test")
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    await smtp_send(server.port, [rcpt], raw)
+    await process(parts)
+    before = message(engine, mid)
+    await smtp_send(server.port, [rcpt], raw)
+    await process(parts)
+    after = message(engine, mid)
+    assert len(events(engine, mid, "dsn")) == 1
+    assert (after.status, after.reason, after.flags, after.updated_at) == (
+        before.status,
+        before.reason,
+        before.flags,
+        before.updated_at,
+    )
+    assert [r.state for r in inbound_rows(engine)] == ["done", "done"]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(t.suppressions)) == 1
+
+
+async def test_arf_complaint_suppresses(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "angry@example.test", Kind.DELIVERED)
+    raw = arf_for(parts.secret, mid, "angry@example.test")
+    code, _ = await smtp_send(server.port, [f"fbl@{BOUNCE_DOMAIN}"], raw, "fbl@fbl.example.net")
+    assert code == 250
+    await process(parts)
+    row = message(engine, mid)
+    assert row.status == "delivered"
+    assert "complained" in row.flags
+    (event,) = events(engine, mid, "arf")
+    assert event.kind == "complained"
+    assert event.data["matched_by"] == "header"
+    entry = suppressed(engine, account.id, "angry@example.test")
+    assert entry is not None and entry.reason == suppression.COMPLAINT
+    (stored,) = inbound_rows(engine)
+    assert (stored.state, stored.kind, stored.account_id) == ("done", "complaint", account.id)
+
+
+async def test_not_spam_feedback_changes_no_message(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "fine@example.test", Kind.DELIVERED)
+    raw = arf_for(parts.secret, mid, "fine@example.test", feedback_type="not-spam")
+    await smtp_send(server.port, [f"abuse@{BOUNCE_DOMAIN}"], raw)
+    await process(parts)
+    assert events(engine, mid, "arf") == []
+    assert suppressed(engine, account.id, "fine@example.test") is None
+    assert inbound_rows(engine)[0].state == "done"
+
+
+async def test_success_dsn_makes_sent_delivered(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "ok@example.test", Kind.RELAYED)
+    raw = dsn_for(
+        parts.secret,
+        mid,
+        "ok@example.test",
+        status="2.0.0",
+        diagnostic="250 2.0.0 Ok",
+        action="delivered",
+    )
+    await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    await process(parts)
+    assert message(engine, mid).status == "delivered"
+    (event,) = events(engine, mid, "dsn")
+    assert event.kind == "delivered"
+    assert inbound_rows(engine)[0].kind == "success"
+
+
+async def test_delay_notice_sets_delayed_flag(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "slow@example.test", Kind.RELAYED)
+    raw = dsn_for(
+        parts.secret,
+        mid,
+        "slow@example.test",
+        status="4.4.1",
+        diagnostic="connect to mx.example.test: Connection timed out",
+        action="delayed",
+    )
+    await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    await process(parts)
+    row = message(engine, mid)
+    assert row.status == "sent"
+    assert "delayed" in row.flags
+    (event,) = events(engine, mid, "dsn")
+    assert event.kind == "delayed" and event.hard is False
+    assert suppressed(engine, account.id, "slow@example.test") is None
+
+
+async def test_soft_bounce_of_sent_message_ends_it(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "full@example.test", Kind.RELAYED)
+    raw = dsn_for(
+        parts.secret,
+        mid,
+        "full@example.test",
+        status="5.2.2",
+        diagnostic="552 5.2.2 Mailbox full",
+    )
+    await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    await process(parts)
+    row = message(engine, mid)
+    assert (row.status, row.reason) == ("bounced", "mailboxfull")
+    (event,) = events(engine, mid, "dsn")
+    assert event.hard is False
+    assert suppressed(engine, account.id, "full@example.test") is None
+
+
+async def test_bounce_after_delivered_keeps_delivered_and_suppresses(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "late@example.test", Kind.DELIVERED)
+    raw = dsn_for(parts.secret, mid, "late@example.test")
+    await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    await process(parts)
+    row = message(engine, mid)
+    assert row.status == "delivered"
+    assert "bounced_after_delivery" in row.flags
+    (event,) = events(engine, mid, "dsn")
+    assert event.kind == "bounced" and event.status_after == "delivered"
+    assert suppressed(engine, account.id, "late@example.test") is not None
+
+
+async def test_matching_by_returned_headers_then_by_address(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    by_header = make_message(engine, account, "one@example.test", Kind.RELAYED)
+    make_message(engine, account, "two@example.test", Kind.RELAYED)  # older one to "two"
+    by_address = make_message(engine, account, "two@example.test", Kind.RELAYED)
+    postmaster = f"postmaster@{BOUNCE_DOMAIN}"
+    await smtp_send(server.port, [postmaster], dsn_for(parts.secret, by_header, "one@example.test"))
+    await smtp_send(
+        server.port,
+        [postmaster],
+        dsn_for(parts.secret, by_address, "two@example.test", token=False),
+    )
+    # A bounce about an address Postwarden never sent to matches nothing.
+    await smtp_send(
+        server.port,
+        [postmaster],
+        dsn_for(parts.secret, 999_999, "nobody@example.test", token=False),
+    )
+    await process(parts)
+    assert events(engine, by_header, "dsn")[0].data["matched_by"] == "header"
+    assert events(engine, by_address, "dsn")[0].data["matched_by"] == "address"
+    assert message(engine, by_address - 1).status == "sent"  # only the most recent one
+    assert [r.state for r in inbound_rows(engine)] == ["done", "done", "unmatched"]
+
+
+async def test_autoreply_is_done_without_a_fact(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    mid = make_message(engine, account, "away@example.test", Kind.DELIVERED)
+    raw = (
+        b"From: away@example.test\r\nTo: shop@acme.test\r\nSubject: Out of office\r\n"
+        b"Auto-Submitted: auto-replied\r\n\r\nI am out of the office until Monday.\r\n"
+    )
+    await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
+    await process(parts)
+    assert events(engine, mid, "dsn") == []
+    (row,) = inbound_rows(engine)
+    assert (row.state, row.kind) == ("done", "autoreply")
+
+
+async def test_claim_takes_each_mail_once(parts: Parts, engine: Engine) -> None:
+    store = InboundServer(parts, host="127.0.0.1", port=0).store
+    ids = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x") for _ in range(5)]
+    with engine.begin() as conn:
+        first = apply.claim(conn, 3)
+    with engine.begin() as conn:
+        second = apply.claim(conn, 10)
+    assert first == ids[:3] and second == ids[3:]
+    with engine.begin() as conn:
+        assert apply.claim(conn, 10) == []
+
+
+# endregion
+
+# region end to end
+
+
+async def wait_for(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_late_bounce_from_simulator_end_to_end(
+    settings: Settings, engine: Engine, account: accounts.Account
+) -> None:
+    parts = Parts(settings.model_copy(update={"inbound_port": 0}), engine, secret_of(settings))
+    stop = asyncio.Event()
+    async with running_inbound(parts, stop) as inbound:
+        async with Simulator(
+            late_bounce_delay=0.3, bounce_target=("127.0.0.1", inbound.port)
+        ) as sim:
+            channel = SMTPChannel(
+                SMTPConfig(
+                    routes={"example.test": ("127.0.0.1", sim.port)}, helo_name="postwarden.test"
+                )
+            )
+            dispatcher = Dispatcher(engine, parts.settings, channel, parts.secret)
+            try:
+                first = submit(engine, account, "latebounce-x@example.test")
+                assert await dispatcher.run_once() == 1
+                assert message(engine, first.id).status == "delivered"
+
+                def bounced() -> bool:
+                    return "bounced_after_delivery" in message(engine, first.id).flags
+
+                await wait_for(bounced)
+            finally:
+                await channel.aclose()
+            assert sim.bounces and sim.bounces[0].error is None
+    row = message(engine, first.id)
+    assert row.status == "delivered"
+    (event,) = events(engine, first.id, "dsn")
+    assert event.kind == "bounced" and event.reason == "userunknown"
+    assert event.data["matched_by"] == "verp"
+    entry = suppressed(engine, account.id, "latebounce-x@example.test")
+    assert entry is not None and entry.message_id == first.id
+    assert submit(engine, account, "latebounce-x@example.test").status == "dropped"
+
+
+# endregion
