@@ -8,13 +8,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test bench chromium
 install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/postwarden demo
 
-test: install
+# Browser tests drive Debian's Chromium; install it when missing (CI runs as root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest
 

@@ -638,7 +638,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     ("mailererror", [
         r"x-unix|mailer error|pipe to |unknown mailer|command (?:died|failed|output)",
-        r"exit (?:code|status) \d|procmail|maildrop|\|/",
+        r"exit (?:code|status) \d|procmail|maildrop",
     ]),
     ("syntaxerror", [
         r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",
@@ -650,31 +650,48 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
 ]
 
-def _literal_runs(pattern: str) -> list[str] | None:
-    """Literal strings one of which must occur in any text the pattern matches (the longest
-    literal run of each top-level alternative), or None when some alternative has none."""
-    from re import _parser as sre_parse  # the stdlib's own parser, used once at import
+def _seq_runs(seq: list, sre: object) -> list[str] | None:
+    """Literals one of which must occur wherever the parsed sequence matches."""
+    best, current, nested = "", "", None
+    for op, arg in seq:
+        if op is sre.LITERAL:
+            current += chr(arg)
+            continue
+        best, current = max(best, current, key=len), ""
+        sub = None
+        if op is sre.SUBPATTERN:
+            sub = arg[-1]
+        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and arg[0] >= 1:
+            sub = arg[2]
+        if sub is not None:
+            runs = _pattern_runs(sub, sre)
+            if runs is not None and (
+                nested is None or min(map(len, runs)) > min(map(len, nested))
+            ):
+                nested = runs
+    best = max(best, current, key=len)
+    return [best] if len(best) >= 3 else nested
 
-    tree = sre_parse.parse(pattern)
-    items = list(tree)
-    if len(items) == 1 and items[0][0] is sre_parse.BRANCH:
-        branches = [list(b) for b in items[0][1][1]]
-    else:
-        branches = [items]
-    runs: list[str] = []
-    for seq in branches:
-        best, current = "", ""
-        for op, arg in seq:
-            if op is sre_parse.LITERAL:
-                current += chr(arg)
-                continue
-            best = max(best, current, key=len)
-            current = ""
-        best = max(best, current, key=len)
-        if len(best) < 3:
-            return None
-        runs.append(best)
-    return runs
+
+def _pattern_runs(sub: object, sre: object) -> list[str] | None:
+    items = list(sub)
+    if len(items) == 1 and items[0][0] is sre.BRANCH:
+        out: list[str] = []
+        for branch in items[0][1][1]:
+            runs = _seq_runs(list(branch), sre)
+            if runs is None:
+                return None
+            out.extend(runs)
+        return out
+    return _seq_runs(items, sre)
+
+
+def _literal_runs(pattern: str) -> list[str] | None:
+    """Literal strings one of which must occur in any text the pattern matches, or None when
+    that cannot be told (then the pattern is always tried)."""
+    from re import _parser as sre  # the stdlib's own regex parser, used once at import
+
+    return _pattern_runs(sre.parse(pattern), sre)
 
 
 def _compile_rule(patterns: list[str]) -> tuple[re.Pattern[str], tuple[str, ...] | None]:
