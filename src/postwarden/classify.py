@@ -659,7 +659,19 @@ def _seq_runs(seq: list, sre: object) -> list[str] | None:
             continue
         best, current = max(best, current, key=len), ""
         sub = None
-        if op is sre.SUBPATTERN:
+        if op is sre.BRANCH:
+            branch_runs: list[str] | None = []
+            for branch in arg[1]:
+                runs = _seq_runs(list(branch), sre)
+                if runs is None:
+                    branch_runs = None
+                    break
+                branch_runs.extend(runs)
+            if branch_runs and (
+                nested is None or min(map(len, branch_runs)) > min(map(len, nested))
+            ):
+                nested = branch_runs
+        elif op is sre.SUBPATTERN:
             sub = arg[-1]
         elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and arg[0] >= 1:
             sub = arg[2]
@@ -719,15 +731,26 @@ _TEMPORARY_RE = re.compile(r"temporar|try again later|please try again")
 
 
 def extract_status(text: str) -> str | None:
-    """The first enhanced status code ("5.1.1") in a text, if any."""
-    m = _STATUS_RE.search(text)
-    return f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}" if m else None
+    """The first failure enhanced status code ("5.1.1") in a text (a 2.x.x success code of a
+    transcript only when there is no other), if any."""
+    first = None
+    for m in _STATUS_RE.finditer(text):
+        code = f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}"
+        if code[0] != "2":
+            return code
+        first = first or code
+    return first
 
 
 def extract_reply_code(text: str) -> int | None:
-    """The first SMTP reply code (550 etc.) in a text, if any."""
-    m = _REPLY_RE.search(text)
-    return int(m.group(1)) if m else None
+    """The first failure SMTP reply code (550 etc.) in a text (a 2xx only if no other)."""
+    first = None
+    for m in _REPLY_RE.finditer(text):
+        code = int(m.group(1))
+        if code >= 400:
+            return code
+        first = first or code
+    return first
 
 
 def _normalise_status(status: str | None) -> str | None:
@@ -753,8 +776,10 @@ _COMMAND_NAME = {
     "message": "DATA", "ehlo": "HELO", "helo": "HELO", "initial connection": "CONN",
     "greeting": "CONN", "banner": "CONN",
 }
-_QMAIL_COMMAND_RE = re.compile(r"but (?:my name|sender|recipient) was rejected")
-_QMAIL_COMMAND = {"my name": "HELO", "sender": "MAIL", "recipient": "RCPT"}
+_QMAIL_COMMAND_RE = re.compile(
+    r"but (?:my name|sender|recipient) was rejected|does not like recipient|\[rcpt_to\]"
+)
+_QMAIL_COMMAND = {"my name": "HELO", "sender": "MAIL", "recipient": "RCPT", "rcpt_to": "RCPT"}
 
 
 def smtp_command(text: str) -> str | None:

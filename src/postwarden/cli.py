@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 
 from postwarden import (
     accounts,
+    addresses,
     errors,
     intake,
     queries,
@@ -23,10 +24,14 @@ from postwarden import (
     service,
     suppression,
 )
+from postwarden.inbound import dsn
 from postwarden.settings import Settings
 
-app = typer.Typer(help="Postwarden: send notifications and see what became of each one.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Postwarden: send notifications and see what became of each one.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 account_app = typer.Typer(help="Accounts (tenants) and their API keys.", no_args_is_help=True)
 suppressions_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
 user_app = typer.Typer(help="Admin users of the web UI.", no_args_is_help=True)
@@ -35,19 +40,33 @@ app.add_typer(suppressions_app, name="suppressions")
 app.add_typer(user_app, name="user")
 console = Console()
 
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a",
-                                                help="Account name (default: the only one)")]
+AccountOpt = Annotated[
+    str | None, typer.Option("--account", "-a", help="Account name (default: the only one)")
+]
 
 STATUS_STYLE = {
-    "pending": "white", "sending": "cyan", "deferred": "yellow", "sent": "blue",
-    "delivered": "green", "opened": "green", "clicked": "green", "bounced": "red",
-    "failed": "red", "dropped": "magenta", "blocked": "magenta", "duplicate": "dim",
-    "no_channel": "dim", "cancelled": "dim",
+    "pending": "white",
+    "sending": "cyan",
+    "deferred": "yellow",
+    "sent": "blue",
+    "delivered": "green",
+    "opened": "green",
+    "clicked": "green",
+    "bounced": "red",
+    "failed": "red",
+    "dropped": "magenta",
+    "blocked": "magenta",
+    "duplicate": "dim",
+    "no_channel": "dim",
+    "cancelled": "dim",
 }
 
 
 def _parts(migrate: bool = True) -> service.Parts:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("postwarden").setLevel(logging.INFO)
     return service.open_parts(Settings(), migrate=migrate)
 
 
@@ -72,8 +91,9 @@ def migrate() -> None:
 
 
 @app.command()
-def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
-          port: Annotated[int, typer.Option()] = 8025) -> None:
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1", port: Annotated[int, typer.Option()] = 8025
+) -> None:
     """Run the API, the dispatcher and the inbound SMTP server in one process."""
     parts = _parts()
     console.print(f"Postwarden on http://{host}:{port} (API docs at /docs)")
@@ -97,15 +117,20 @@ def inbound() -> None:
 @account_app.command("create")
 def account_create(
     name: str,
-    bounce_domain: Annotated[str | None, typer.Option(
-        help="Domain of the VERP return paths (default: POSTWARDEN_DEFAULT_BOUNCE_DOMAIN)")] = None,
+    bounce_domain: Annotated[
+        str | None,
+        typer.Option(
+            help="Domain of the VERP return paths (default: POSTWARDEN_DEFAULT_BOUNCE_DOMAIN)"
+        ),
+    ] = None,
 ) -> None:
     """Create an account; its API key is printed alone on the last line."""
     parts = _parts()
     try:
         with parts.engine.begin() as conn:
             account, key = accounts.create(
-                conn, name, bounce_domain or parts.settings.default_bounce_domain)
+                conn, name, bounce_domain or parts.settings.default_bounce_domain
+            )
     except errors.PostwardenError as exc:
         raise _fail(exc.message) from exc
     print(f"Created account {account.name!r} (id {account.id}); its API key, shown only once:")
@@ -126,13 +151,24 @@ def send(
     parts = _parts()
     try:
         body = schemas.MessageIn.model_validate(
-            {"from": sender, "to": to, "subject": subject, "text": text, "html": html,
-             "category": category})
+            {
+                "from": sender,
+                "to": to,
+                "subject": subject,
+                "text": text,
+                "html": html,
+                "category": category,
+            }
+        )
         with parts.engine.begin() as conn:
             accepted = intake.submit_message(
-                conn, _account(conn, account), body,
-                intake.Limits(parts.settings.max_message_bytes,
-                              parts.settings.max_broadcast_recipients))
+                conn,
+                _account(conn, account),
+                body,
+                intake.Limits(
+                    parts.settings.max_message_bytes, parts.settings.max_broadcast_recipients
+                ),
+            )
     except (errors.PostwardenError, ValueError) as exc:
         raise _fail(getattr(exc, "message", str(exc))) from exc
     console.print(f"message {accepted.id}: {accepted.status}")
@@ -160,21 +196,34 @@ def log_(
     try:
         with parts.engine.connect() as conn:
             page = queries.mail_log(
-                conn, _account(conn, account).id,
-                queries.LogFilter(status or (), undelivered, address, broadcast, category, None,
-                                  since, until), limit=limit)
+                conn,
+                _account(conn, account).id,
+                queries.LogFilter(
+                    status or (), undelivered, address, broadcast, category, None, since, until
+                ),
+                limit=limit,
+            )
     except errors.PostwardenError as exc:
         raise _fail(exc.message) from exc
     if as_json:
         for item in page.items:
             print(json.dumps(item, default=str))
         return
-    table = Table("id", "created", "to", "subject", "status", "why")
+    table = Table()
+    for column in ("id", "created", "status"):
+        table.add_column(column, no_wrap=True)
+    for column in ("to", "subject", "why"):
+        table.add_column(column, overflow="fold")
     for item in page.items:
         style = STATUS_STYLE.get(item["status"], "")
-        table.add_row(str(item["id"]), _when(item["created_at"]), item["to"],
-                      item["subject"][:40], f"[{style}]{item['status']}[/{style}]",
-                      (item["detail"] or "")[:60])
+        table.add_row(
+            str(item["id"]),
+            _when(item["created_at"]),
+            f"[{style}]{item['status']}[/{style}]",
+            item["to"],
+            item["subject"][:30],
+            (item["detail"] or "")[:80],
+        )
     console.print(table)
     if not page.items:
         console.print("No messages match. Send one with `postwarden send` or the API.")
@@ -190,16 +239,22 @@ def show(message_id: int, account: AccountOpt = None) -> None:
     except errors.PostwardenError as exc:
         raise _fail(exc.message) from exc
     style = STATUS_STYLE.get(item["status"], "")
-    console.print(f"[bold]message {item['id']}[/bold] to {item['to']}: "
-                  f"[{style}]{item['status']}[/{style}] {item['reason'] or ''}")
+    console.print(
+        f"[bold]message {item['id']}[/bold] to {item['to']}: "
+        f"[{style}]{item['status']}[/{style}] {item['reason'] or ''}"
+    )
     if item["explanation"]:
         console.print(f"{item['explanation']['explanation']} {item['explanation']['next_step']}")
     for event in item["events"]:
-        console.print(f"  {_when(event['occurred_at'])}  {event['kind']:<12} "
-                      f"{event['source']:<8} {event['detail'] or ''}")
+        console.print(
+            f"  {_when(event['occurred_at'])}  {event['kind']:<12} "
+            f"{event['source']:<8} {event['detail'] or ''}"
+        )
     for attempt in item["attempts"]:
-        console.print(f"\n[bold]attempt {attempt['number']}[/bold] via {attempt['via']} "
-                      f"{attempt['remote'] or ''} ({attempt['duration_ms']} ms)")
+        console.print(
+            f"\n[bold]attempt {attempt['number']}[/bold] via {attempt['via']} "
+            f"{attempt['remote'] or ''} ({attempt['duration_ms']} ms)"
+        )
         console.print(attempt["transcript"], markup=False, highlight=False)
 
 
@@ -207,9 +262,12 @@ def show(message_id: int, account: AccountOpt = None) -> None:
 def user_create(
     email: str,
     account: Annotated[str, typer.Option("--account", "-a", help="Account name")],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True,
-                                          confirmation_prompt=True,
-                                          help="Prompted for when absent")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted for when absent"
+        ),
+    ],
 ) -> None:
     """Create an admin user who signs in to the web UI and sees only this account."""
     from postwarden import users
@@ -228,37 +286,48 @@ def suppressions_list(search: str = "", account: AccountOpt = None) -> None:
     """Suppressed addresses with their reason."""
     parts = _parts()
     with parts.engine.connect() as conn:
-        rows = suppression.list_entries(conn, _account(conn, account).id, search=search,
-                                        limit=1000)
+        rows = suppression.list_entries(conn, _account(conn, account).id, search=search, limit=1000)
     table = Table("address", "category", "reason", "since", "message", "detail")
     for row in rows:
         r: Any = row
-        table.add_row(r.address, r.category or "(all)", r.reason, _when(r.created_at),
-                      str(r.message_id or ""), (r.detail or "")[:60])
+        table.add_row(
+            r.address,
+            r.category or "(all)",
+            r.reason,
+            _when(r.created_at),
+            str(r.message_id or ""),
+            (r.detail or "")[:60],
+        )
     console.print(table)
 
 
 @suppressions_app.command("add")
-def suppressions_add(address: str, category: str = "", note: str = "",
-                     account: AccountOpt = None) -> None:
+def suppressions_add(
+    address: str, category: str = "", note: str = "", account: AccountOpt = None
+) -> None:
     """Suppress an address by hand."""
     parts = _parts()
     try:
         with parts.engine.begin() as conn:
-            from postwarden import addresses
-
-            added = suppression.suppress(conn, _account(conn, account).id,
-                                         addresses.check(address), reason=suppression.MANUAL,
-                                         detail=note, source="cli", category=category,
-                                         actor="cli")
+            added = suppression.suppress(
+                conn,
+                _account(conn, account).id,
+                addresses.check(address),
+                reason=suppression.MANUAL,
+                detail=note,
+                source="cli",
+                category=category,
+                actor="cli",
+            )
     except errors.PostwardenError as exc:
         raise _fail(exc.message) from exc
     console.print(f"{address}: " + ("suppressed" if added else "was already suppressed"))
 
 
 @suppressions_app.command("remove")
-def suppressions_remove(address: str, category: str | None = None,
-                        account: AccountOpt = None) -> None:
+def suppressions_remove(
+    address: str, category: str | None = None, account: AccountOpt = None
+) -> None:
     """Mark an address as valid again (audited); lists what was dropped for it lately."""
     parts = _parts()
     try:
@@ -270,16 +339,16 @@ def suppressions_remove(address: str, category: str | None = None,
         raise _fail(exc.message) from exc
     console.print(f"{address} removed from the suppression list")
     if dropped:
-        console.print(f"{len(dropped)} message(s) were dropped for it in the last 30 days: "
-                      + ", ".join(map(str, dropped))
-                      + " (resend with POST /v1/messages/{id}/resend)")
+        console.print(
+            f"{len(dropped)} message(s) were dropped for it in the last 30 days: "
+            + ", ".join(map(str, dropped))
+            + " (resend with POST /v1/messages/{id}/resend)"
+        )
 
 
 @app.command("parse-bounce")
 def parse_bounce(files: list[Path]) -> None:
     """Parse bounce mails: one JSON line per recipient found in each file."""
-    from postwarden.inbound import dsn
-
     failed = False
     for path in files:
         try:
@@ -295,13 +364,19 @@ def parse_bounce(files: list[Path]) -> None:
 
 
 @app.command()
-def demo(keep_running: Annotated[bool, typer.Option(help="Keep serving afterwards")] = False,
-         count: Annotated[int, typer.Option(help="Recipients in the demo broadcast")] = 300,
-         port: Annotated[int, typer.Option()] = 8025,
-         database: Annotated[Path, typer.Option(help="SQLite file (made anew)")] =
-         Path("postwarden-demo.db")) -> None:
+def demo(
+    keep_running: Annotated[bool, typer.Option(help="Keep serving afterwards")] = False,
+    count: Annotated[int, typer.Option(help="Recipients in the demo broadcast")] = 300,
+    port: Annotated[int, typer.Option()] = 8025,
+    database: Annotated[Path, typer.Option(help="SQLite file (made anew)")] = Path(
+        "postwarden-demo.db"
+    ),
+) -> None:
     """Deliver a realistic broadcast to a loopback recipient simulator and show the outcome."""
     from postwarden import demo as demo_module
 
-    asyncio.run(demo_module.run(console, database=database, count=count, port=port,
-                                keep_running=keep_running))
+    asyncio.run(
+        demo_module.run(
+            console, database=database, count=count, port=port, keep_running=keep_running
+        )
+    )
