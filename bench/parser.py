@@ -1,6 +1,6 @@
 """Bounce parser + classifier benchmark: accuracy on the shared corpus and parse rate.
 
-    python bench/parser.py [--corpus DIR] [--misses] [--seconds N]
+python bench/parser.py [--corpus DIR] [--misses] [--seconds N]
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         for miss in score.misses:
             print("  " + miss)
     count, seconds = measure_rate(args.corpus, args.seconds)
-    print(f"parse rate: {count} messages in {seconds:.2f} s = {count / seconds:,.0f} msgs/s "
-          "(one core)")
+    print(
+        f"parse rate: {count} messages in {seconds:.2f} CPU s = {count / seconds:,.0f} msgs/s "
+        "(parse + classify, one core)"
+    )
     return 0
 
 

@@ -11,9 +11,19 @@ first match wins:
    AOL, iCloud, GMX, ...), in the order of :data:`_TEXT_RULES`. Text beats a generic code: 5.7.1 is
    used for everything, Microsoft's 5.4.1 "Access denied" means the user does not exist and
    Gmail's 5.7.1 "email quota exceeded" means the mailbox is full.
+   A phrase-based reason is then adjusted by the SMTP command the reply answered (given by the
+   caller or read from the text): "User unknown" answering DATA, or with a mailbox/policy code
+   rather than an address code, is ``filtered`` (the recipient's filter refused the message);
+   anything address-like refused at MAIL FROM is ``rejected`` (the sender was refused); refusals
+   at connection or greeting are ``blocked``.
 3. The remaining enhanced status codes (:data:`_STATUS_REASON`), then the subject of the code
    (x.6 content, x.7 security), then the bare SMTP reply code.
-4. "onhold" when there was a diagnostic but nothing matched, "undefined" when there was none.
+4. "onhold" when there was a code but nothing matched, "undefined" when there was nothing.
+
+Hardness follows STATUS.md: userunknown, hostunknown and hasmoved are hard; notaccept is hard
+unless the failure is temporary (4.x.x, 4xx, or the text says so); every other reason is soft.
+Every phrase rule carries a literal "gate" computed at import, so that regular expressions only
+run on texts that can match them.
 """
 
 from __future__ import annotations
@@ -21,7 +31,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["REASONS", "Verdict", "classify", "describe", "retry_after"]
+__all__ = [
+    "REASONS",
+    "Verdict",
+    "classify",
+    "describe",
+    "extract_reply_code",
+    "extract_status",
+    "retry_after",
+    "smtp_command",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +302,7 @@ _STATUS_REASON: dict[str, str] = {
 
 # 4. Bare SMTP reply codes (RFC 5321) when there is no enhanced code and no phrase matched.
 _REPLY_REASON: dict[int, str] = {
-    421: "blocked", 450: "onhold", 451: "systemerror", 452: "systemfull",
+    421: "blocked", 452: "systemfull",
     521: "notaccept", 556: "notaccept", 525: "suspend",
     500: "syntaxerror", 501: "syntaxerror", 502: "syntaxerror", 503: "syntaxerror",
     504: "syntaxerror",
@@ -569,7 +588,8 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
     ]),
     # ---- TLS ----------------------------------------------------------------------------------
     ("failedstarttls", [
-        r"starttls|\btls\b.{0,40}(?:required|fail|handshake|negotiat)|ssl handshake",
+        r"starttls (?:is )?(?:failed|failure|required|error|negotiation)|must issue a starttls",
+        r"\btls\b.{0,40}(?:required|fail|handshake|negotiat)|ssl handshake|failed starttls",
         r"requiretls",
     ]),
     # ---- remote system ----------------------------------------------------------------------
@@ -706,26 +726,39 @@ def _literal_runs(pattern: str) -> list[str] | None:
     return _pattern_runs(sre.parse(pattern), sre)
 
 
-def _compile_rule(patterns: list[str]) -> tuple[re.Pattern[str], tuple[str, ...] | None]:
-    gate: list[str] | None = []
-    for p in patterns:
-        runs = _literal_runs(p)
-        if runs is None or gate is None:
-            gate = None
+_Gate = tuple[str, ...] | None
+_Entry = tuple[re.Pattern[str], _Gate]
+
+
+def _gate(runs: list[str] | None) -> _Gate:
+    return tuple(sorted(set(runs))) if runs is not None else None
+
+
+def _compile_rule(patterns: list[str]) -> tuple[_Gate, tuple[_Entry, ...]]:
+    """One rule: a gate over all its patterns, and each pattern with its own gate."""
+    entries = tuple((re.compile(p), _gate(_literal_runs(p))) for p in patterns)
+    union: list[str] | None = []
+    for _, gate in entries:
+        if gate is None or union is None:
+            union = None
         else:
-            gate.extend(runs)
-    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
-    return regex, tuple(sorted(set(gate))) if gate is not None else None
+            union.extend(gate)
+    return _gate(union), entries
 
 
-# (reason, regex, literal gate): the regex is only tried when the text contains one of the
-# gate's literals (None: always tried). This keeps classification fast on long bounce texts.
-_COMPILED_RULES: tuple[tuple[str, re.Pattern[str], tuple[str, ...] | None], ...] = tuple(
+def _open(gate: _Gate, text: str) -> bool:
+    return gate is None or any(lit in text for lit in gate)
+
+
+# (reason, gate, patterns): a pattern's regex only runs when the text contains one of the
+# literals it cannot match without (None: always runs). This keeps classification fast on long
+# bounce texts; the result is the same as trying every regex.
+_COMPILED_RULES: tuple[tuple[str, _Gate, tuple[_Entry, ...]], ...] = tuple(
     (reason, *_compile_rule(patterns)) for reason, patterns in _TEXT_RULES
 )
 
 _STATUS_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_REPLY_RE = re.compile(r"(?<![\w.\-/:])([245][0-5]\d)(?:[ \-]|$)")
+_REPLY_RE = re.compile(r"(?<![\w.\-/])([245][0-5]\d)(?:[ \-:,]|$)")
 _SPACE_RE = re.compile(r"\s+")
 _TEMPORARY_RE = re.compile(r"temporar|try again later|please try again")
 
@@ -776,6 +809,7 @@ _COMMAND_NAME = {
     "message": "DATA", "ehlo": "HELO", "helo": "HELO", "initial connection": "CONN",
     "greeting": "CONN", "banner": "CONN",
 }
+_RCPT_FIELD_RE = re.compile(r"(?:^|\s)rcpt to: ?<?[^\s<>@]+@")
 _QMAIL_COMMAND_RE = re.compile(
     r"but (?:my name|sender|recipient) was rejected|does not like recipient|\[rcpt_to\]"
 )
@@ -788,6 +822,8 @@ def smtp_command(text: str) -> str | None:
     m = _COMMAND_RE.search(text)
     if m:
         return _COMMAND_NAME[m.group(1)]
+    if _RCPT_FIELD_RE.search(text):  # "RCPT TO: addr" quoted as the failed command
+        return "RCPT"
     m = _QMAIL_COMMAND_RE.search(text)
     if m:
         for key, name in _QMAIL_COMMAND.items():
@@ -796,7 +832,9 @@ def smtp_command(text: str) -> str | None:
     return None
 
 
-def _refine(reason: str, text: str, status: str | None, command: str | None) -> str:
+def _refine(
+    reason: str, text: str, status: str | None, command: str | None, reply_code: int | None
+) -> str:
     """Adjust a phrase-based reason with the SMTP command and a generic status code."""
     if reason == "userunknown" and command != "RCPT" and not _RCPT_TIME_RE.search(text):
         # "User unknown" after the message was sent (DATA) or with a mailbox-status/policy code:
@@ -804,17 +842,18 @@ def _refine(reason: str, text: str, status: str | None, command: str | None) -> 
         subject = status[2:] if status else ""
         if subject.startswith(("1.", "5.", "4.")):
             return reason
+        # Without any code or command: a remote server's bare "550 User unknown" is read as a
+        # content filter (Sisimai's rule), while an MTA's own words about its local users
+        # (no reply code: "Unknown user: x", "The recipient name is not recognized") are not.
         if command == "DATA" or subject.startswith(("2.", "7.", "0.", "3.")) or (
-            _FILTER_NO_STATUS and not subject
+            not subject and reply_code is not None and reply_code >= 500
         ):
             return "filtered"
     return reason
 
-
-_FILTER_NO_STATUS = False
 # Replies only ever sent in answer to RCPT TO: the address itself is unknown.
 _RCPT_TIME_RE = re.compile(
-    r"recipient address rejected|dd this user doesn't have|>: user unknown|"
+    r"recipient address rejected: access denied|dd this user doesn't have|>: user unknown|"
     r"the address couldn't be found|"
     r"resolver\.adr\.|recipientnotfound|access denied"
 )
@@ -851,11 +890,11 @@ def _base_reason(
         if status.startswith("2."):
             return "undefined"
     if text:
-        for reason, pattern, gate in _COMPILED_RULES:
-            if gate is not None and not any(lit in text for lit in gate):
+        for reason, rule_gate, entries in _COMPILED_RULES:
+            if not _open(rule_gate, text):
                 continue
-            if pattern.search(text):
-                return _refine(reason, text, status, command)
+            if any(_open(gate, text) and regex.search(text) for regex, gate in entries):
+                return _refine(reason, text, status, command, reply_code)
     if status:
         reason = _STATUS_REASON.get(status)
         if reason:

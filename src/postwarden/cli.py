@@ -67,6 +67,7 @@ def _parts(migrate: bool = True) -> service.Parts:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("postwarden").setLevel(logging.INFO)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     return service.open_parts(Settings(), migrate=migrate)
 
 
@@ -97,13 +98,13 @@ def serve(
     """Run the API, the dispatcher and the inbound SMTP server in one process."""
     parts = _parts()
     console.print(f"Postwarden on http://{host}:{port} (API docs at /docs)")
-    asyncio.run(service.serve(parts, host, port))
+    service.run(service.serve(parts, host, port))
 
 
 @app.command()
 def worker() -> None:
     """Run only a dispatcher (start several, on several machines, against PostgreSQL)."""
-    asyncio.run(service.work(_parts()))
+    service.run(service.work(_parts()))
 
 
 @app.command()
@@ -111,7 +112,7 @@ def inbound() -> None:
     """Run only the inbound SMTP server for bounces and complaints (POSTWARDEN_INBOUND_*)."""
     parts = _parts()
     console.print(f"inbound SMTP on {parts.settings.inbound_host}:{parts.settings.inbound_port}")
-    asyncio.run(service.inbound(parts))
+    service.run(service.inbound(parts))
 
 
 @account_app.command("create")

@@ -97,7 +97,13 @@ async def _wait_until_settled(
         await asyncio.sleep(0.25)
 
 
-def _summary(console: Console, detail: dict[str, Any], reasons: dict[str, dict[str, int]]) -> None:
+def _summary(
+    console: Console,
+    detail: dict[str, Any],
+    reasons: dict[str, dict[str, int]],
+    later: int,
+    suppressed: int,
+) -> None:
     table = Table(title="What became of the broadcast", show_lines=False)
     table.add_column("status")
     table.add_column("messages", justify="right")
@@ -106,6 +112,11 @@ def _summary(console: Console, detail: dict[str, Any], reasons: dict[str, dict[s
         why = ", ".join(f"{r} {c}" for r, c in sorted(reasons.get(status_, {}).items()))
         table.add_row(status_, str(n), why)
     console.print(table)
+    console.print(
+        f"{later} delivered message(s) bounced later: a bounce mail reached the inbound server, "
+        f"was matched by its VERP address and flagged them bounced_after_delivery. "
+        f"{suppressed} address(es) are now on the suppression list."
+    )
 
 
 async def run(
@@ -202,7 +213,13 @@ async def run(
                 ):
                     if reason:
                         reasons.setdefault(status_, {})[reason] = n
-            _summary(console, detail, reasons)
+                later = conn.scalar(
+                    select(func.count())
+                    .select_from(t.events)
+                    .where(t.events.c.source == "dsn", t.events.c.kind == "bounced")
+                )
+                suppressed = conn.scalar(select(func.count()).select_from(t.suppressions))
+            _summary(console, detail, reasons, later or 0, suppressed or 0)
             example = (
                 await client.get("/v1/messages", params={"undelivered": "true", "limit": 1})
             ).json()["items"]

@@ -59,37 +59,90 @@ class Dispatcher:
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set; sleep when nothing is due (``wake`` cuts the sleep)."""
-        while not stop.is_set():
-            try:
-                done = await self.run_once()
-            except Exception:
-                log.exception("dispatch round failed; retrying")
-                done = 0
-            if done:
-                continue
-            self.wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-            await asyncio.wait(
-                waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in waiters:
-                waiter.cancel()
+        """Work until ``stop`` is set; sleep when nothing is due (``wake`` cuts the sleep).
+
+        Batches are pipelined so the database and the network overlap: while one batch is on
+        the wire, the next one is claimed and built and the previous one is recorded (each in
+        a thread). At most three batches are in hand at once: one recording, one sending, one
+        claimed ahead. On stop, a batch claimed ahead is given back untouched."""
+        claiming: asyncio.Future[tuple[list[queue.Claimed], list[Outgoing]]] | None = None
+        recording: asyncio.Future[None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if claiming is None:
+                        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim_and_build))
+                    claimed, outgoing = await claiming
+                    claiming = None
+                    if claimed:
+                        # Claim ahead only when this batch was full: a short batch means the
+                        # queue is (nearly) drained, and claiming ahead would take messages
+                        # that newly arrive away from other workers for a whole send.
+                        if len(claimed) >= self.settings.batch_size:
+                            claiming = asyncio.ensure_future(
+                                asyncio.to_thread(self._claim_and_build)
+                            )
+                        results = await self._send(outgoing)
+                        if recording is not None:
+                            await recording
+                        recording = asyncio.ensure_future(
+                            asyncio.to_thread(self._record, claimed, outgoing, results)
+                        )
+                        continue
+                    if recording is not None:
+                        await recording
+                        recording = None
+                        continue
+                except Exception:
+                    log.exception("dispatch round failed; retrying")
+                    claiming = None
+                    if recording is not None:
+                        await asyncio.gather(recording, return_exceptions=True)
+                        recording = None
+                    await asyncio.sleep(self.settings.poll_interval)
+                    continue
+                self.wake.clear()
+                waiters = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self.wake.wait()),
+                ]
+                await asyncio.wait(
+                    waiters,
+                    timeout=self.settings.poll_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            if recording is not None:
+                await asyncio.gather(recording, return_exceptions=True)
+            if claiming is not None:
+                ahead = await asyncio.gather(claiming, return_exceptions=True)
+                if isinstance(ahead[0], tuple) and ahead[0][0]:
+                    await asyncio.to_thread(self._release, [c.id for c in ahead[0][0]])
 
     async def run_once(self) -> int:
         """Claim one batch, send it, record it; return how many messages were attempted."""
         claimed, outgoing = await asyncio.to_thread(self._claim_and_build)
         if not claimed:
             return 0
+        results = await self._send(outgoing)
+        await asyncio.to_thread(self._record, claimed, outgoing, results)
+        return len(claimed)
+
+    async def _send(self, outgoing: Sequence[Outgoing]) -> list[AttemptResult]:
         by_domain: dict[str, list[Outgoing]] = defaultdict(list)
         for item in outgoing:
             by_domain[addresses.domain_of(item.rcpt)].append(item)
         groups = await asyncio.gather(
             *(self.channel.send_many(domain, batch) for domain, batch in by_domain.items())
         )
-        results = [result for group in groups for result in group]
-        await asyncio.to_thread(self._record, claimed, outgoing, results)
-        return len(claimed)
+        return [result for group in groups for result in group]
+
+    def _release(self, ids: list[int]) -> None:
+        """Give back messages claimed ahead and never sent (their attempt did not happen)."""
+        with self.engine.begin() as conn:
+            queue.release(conn, self.owner, ids, clock.now())
 
     # -- database side (threads) ---------------------------------------------------------
 
@@ -112,7 +165,6 @@ class Dispatcher:
                         t.bodies.c.message_id.in_(ids)
                     )
                 )
-                .tuples()
                 .all()
             )
             self._load_contents(conn, {c.content_id for c in claimed if c.id not in stored})
@@ -156,7 +208,7 @@ class Dispatcher:
                     t.accounts.c.id.in_(missing)
                 )
             )
-            self._bounce_domains.update(dict(rows.tuples().all()))
+            self._bounce_domains.update(dict(rows.all()))
 
     def _attachments(self, conn: Connection, ids: list[int]) -> dict[int, list[compose.Attachment]]:
         found: dict[int, list[compose.Attachment]] = defaultdict(list)

@@ -138,7 +138,7 @@ def _paged(conn: Connection, query: Select[Any], cursor: str | None, limit: int)
 
 def count_by_status(conn: Connection, account_id: int, f: LogFilter) -> dict[str, int]:
     query = _filtered(account_id, f.validate(), select(m.c.status, func.count()))
-    return dict(conn.execute(query.group_by(m.c.status)).tuples().all())
+    return dict(conn.execute(query.group_by(m.c.status)).all())
 
 
 def explain(reason: str | None, status: str) -> dict[str, str] | None:
@@ -327,7 +327,6 @@ def broadcast_detail(conn: Connection, account_id: int, broadcast_id: int) -> di
             .where(m.c.broadcast_id == broadcast_id)
             .group_by(m.c.status)
         )
-        .tuples()
         .all()
     )
     return item
@@ -420,7 +419,6 @@ def recent_broadcasts(conn: Connection, account_id: int, limit: int = 5) -> list
                 .where(m.c.broadcast_id == item["id"])
                 .group_by(m.c.status)
             )
-            .tuples()
             .all()
         )
     return items

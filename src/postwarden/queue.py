@@ -81,12 +81,18 @@ def next_due(conn: Connection) -> datetime | None:
 
 
 def release(conn: Connection, owner: str, ids: list[int], now: datetime) -> None:
-    """Give back claimed messages untouched (shutting down before sending them)."""
+    """Give back claimed messages untouched (shutting down before sending them): the attempt
+    counted by the claim did not happen. They stay ``sending`` (claimable) and due now."""
     if ids:
         conn.execute(
             update(m)
             .where(and_(m.c.id.in_(ids), m.c.lease_owner == owner))
-            .values(lease_until=None, lease_owner=None, next_attempt_at=now)
+            .values(
+                lease_until=None,
+                lease_owner=None,
+                next_attempt_at=now,
+                attempts=m.c.attempts - 1,
+            )
         )
 
 

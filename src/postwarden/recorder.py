@@ -101,13 +101,14 @@ def record(
     keyed = [(f.message_id, f.dedupe_key) for f in facts if f.dedupe_key]
     seen: set[tuple[int, str]] = set()
     if keyed:
-        seen = set(
-            conn.execute(
+        seen = {
+            (row.message_id, row.dedupe_key)
+            for row in conn.execute(
                 select(t.events.c.message_id, t.events.c.dedupe_key).where(
                     tuple_(t.events.c.message_id, t.events.c.dedupe_key).in_(keyed)
                 )
-            ).tuples()
-        )
+            )
+        }
 
     states = {
         mid: State(Status(r.status), frozenset(map(Flag, r.flags))) for mid, r in rows.items()

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import uvicorn
 from sqlalchemy import Engine
@@ -25,6 +26,22 @@ from postwarden.settings import Settings
 from postwarden.web.app import create_app
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # Windows, or not installed: the standard loop
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop where available (cheaper transports and scheduling)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main)
 
 
 @dataclass

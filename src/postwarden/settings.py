@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     inbound_max_connections: int = 100
     inbound_timeout: float = 60.0
 
+    # Engagement tracking (opens, clicks, one-click unsubscribe)
+    tracking_base_url: str = "http://127.0.0.1:8025"
+    """Where the /t/ routes are served (the tracking hostname, as recipients reach it)."""
+    transactional_categories: str = "transactional,security,password"
+    """Comma list: no List-Unsubscribe on these, and an unsubscribe never suppresses them."""
+    track_text_links: bool = False
+    """Also rewrite bare URLs in plain-text bodies through the click redirect."""
+
     @field_validator("routes")
     @classmethod
     def _routes_parse(cls, value: str) -> str:
@@ -92,6 +100,12 @@ class Settings(BaseSettings):
     @property
     def dns_nameserver(self) -> tuple[str, int] | None:
         return parse_hostport(self.dns_server, 53) if self.dns_server else None
+
+    @property
+    def transactional(self) -> frozenset[str]:
+        return frozenset(
+            c.strip() for c in self.transactional_categories.split(",") if c.strip()
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -162,30 +162,33 @@ class Rewritten:
 NOTRACK_ATTR = "data-pw-notrack"
 
 # Attributes of a start tag, following the HTML tokenizer (quotes only count right after "=";
-# "<a href=x"y>" has the unquoted value x"y). Possessive quantifiers keep failures linear.
+# "<a href=x"y>" has the unquoted value x"y). One deliberate departure: "<" may not appear in
+# tag names, attribute names or unquoted values (the spec allows it, real mail never needs it),
+# so an unterminated tag fails at the next "<" instead of scanning to the end of the document:
+# with possessive quantifiers, the scan stays linear even on hostile input like "<a<a<a<a...".
 _ATTRS = (
-    r"(?:[\s/]*+[^\s/>][^\s/>=]*+"
-    r"(?:\s*+=\s*+(?:\"[^\"]*+\"|'[^']*+'|[^\s>]++)?+)?+)*+[\s/]*+"
+    r"(?:[\s/]*+[^\s/<>][^\s/<>=]*+"
+    r"(?:\s*+=\s*+(?:\"[^\"]*+\"|'[^']*+'|[^\s<>]++)?+)?+)*+[\s/]*+"
 )
 # One scan over the document. Order matters: the first alternative that matches at a "<" wins.
 _TOKEN = re.compile(
     r"<(?:"
     # Outlook conditional comment opener "<!--[if mso]>": its content is what Outlook renders,
     # so it is scanned (and its links tracked); "<![endif]-->" is consumed by <!...> below.
-    r"(?P<cond>!--\[if[^\]>]*\]>)"
+    r"(?P<cond>!--\[if[^\]<>]*+\]>)"
     r"|(?P<comment>!--(?:-?>|[\s\S]*?(?:--!?>|\Z)))"
     r"|(?P<cdata>!\[CDATA\[[\s\S]*?(?:\]\]>|\Z))"
     r"|(?P<decl>[!?][^>]*+(?:>|\Z))"
     # Raw-text elements: their content is not markup.
     r"|(?P<raw>(?P<rawname>script|style|textarea|title|xmp)(?=[\s/>])" + _ATTRS + r">"
     r"[\s\S]*?(?:</(?P=rawname)\s*>|\Z))"
-    r"|(?P<end>/(?P<endname>[A-Za-z][^\s/>]*+)[^>]*+>)"
-    r"|(?P<start>(?P<name>[A-Za-z][^\s/>]*+)(?P<attrs>" + _ATTRS + r")>)"
+    r"|(?P<end>/(?P<endname>[A-Za-z][^\s/<>]*+)[^<>]*+>)"
+    r"|(?P<start>(?P<name>[A-Za-z][^\s/<>]*+)(?P<attrs>" + _ATTRS + r")>)"
     r")",
     re.IGNORECASE,
 )
 _ATTR = re.compile(
-    r"(?P<name>[^\s/>][^\s/>=]*+)(?:\s*+=\s*+(?P<value>\"[^\"]*+\"|'[^']*+'|[^\s>]++)?+)?+"
+    r"(?P<name>[^\s/<>][^\s/<>=]*+)(?:\s*+=\s*+(?P<value>\"[^\"]*+\"|'[^']*+'|[^\s<>]++)?+)?+"
 )
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
 _HTTP = re.compile(r"https?://[^/?#\s]", re.IGNORECASE)
@@ -334,15 +337,19 @@ _CLOSERS = {")": "(", "]": "[", "}": "{"}
 
 def _trim_text_url(url: str) -> str:
     """Drop sentence punctuation and unbalanced closing brackets from a URL found in prose."""
-    while url:
-        last = url[-1]
+    opened = {closer: url.count(opener) for closer, opener in _CLOSERS.items()}
+    closed = {closer: url.count(closer) for closer in _CLOSERS}
+    end = len(url)
+    while end:
+        last = url[end - 1]
         if last in _TRAILING:
-            url = url[:-1]
-        elif last in _CLOSERS and url.count(last) > url.count(_CLOSERS[last]):
-            url = url[:-1]
+            end -= 1
+        elif last in _CLOSERS and closed[last] > opened[last]:
+            closed[last] -= 1
+            end -= 1
         else:
             break
-    return url
+    return url[:end]
 
 
 def instrument_text(

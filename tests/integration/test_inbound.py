@@ -333,8 +333,16 @@ async def test_connection_limit_answers_421(
             writer.close()
         finally:
             first.close()
-        await asyncio.sleep(0.1)
-        code, _ = await smtp_send(srv.port, [f"fbl@{BOUNCE_DOMAIN}"], b"Subject: x\r\n\r\nx\r\n")
+        deadline = time.monotonic() + 3
+        while True:  # the server notices the first connection's end a moment later
+            try:
+                code, _ = await smtp_send(
+                    srv.port, [f"fbl@{BOUNCE_DOMAIN}"], b"Subject: x\r\n\r\nx\r\n"
+                )
+                break
+            except aiosmtplib.SMTPException:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
         assert code == 250
 
 
@@ -626,6 +634,21 @@ async def test_claim_takes_each_mail_once(parts: Parts, engine: Engine) -> None:
     assert first == ids[:3] and second == ids[3:]
     with engine.begin() as conn:
         assert apply.claim(conn, 10) == []
+
+
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_concurrent_claims_skip_each_others_rows(parts: Parts, engine: Engine) -> None:
+    """SKIP LOCKED is PostgreSQL's (SQLite has a single writer)."""
+    store = InboundServer(parts, host="127.0.0.1", port=0).store
+    ids = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x") for _ in range(4)]
+    with engine.connect() as a, engine.connect() as b:
+        with a.begin():
+            first = apply.claim(a, 2)
+            with b.begin():  # while the first claim is not yet committed
+                second = apply.claim(b, 10)
+    assert first == ids[:2] and second == ids[2:]
 
 
 # endregion

@@ -74,8 +74,16 @@ def admin(engine: Engine, account_key: tuple[accounts.Account, str]) -> accounts
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/messages", "/messages/1", "/undelivered", "/suppressions", "/broadcasts/1",
-             "/messages.csv"]
+    "path",
+    [
+        "/",
+        "/messages",
+        "/messages/1",
+        "/undelivered",
+        "/suppressions",
+        "/broadcasts/1",
+        "/messages.csv",
+    ],
 )
 def test_pages_require_sign_in(settings: Settings, engine: Engine, path: str) -> None:
     response = _client(settings, engine).get(path, follow_redirects=False)
@@ -95,8 +103,12 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_it(
     assert "wrong" in wrong.text
     ok = client.post(
         "/login",
-        data={"email": "ADMIN@acme.test", "password": PASSWORD, "csrf": token,
-              "next": "https://evil.test/"},
+        data={
+            "email": "ADMIN@acme.test",
+            "password": PASSWORD,
+            "csrf": token,
+            "next": "https://evil.test/",
+        },
         follow_redirects=False,
     )
     assert ok.status_code == 303
@@ -146,10 +158,8 @@ def test_posts_without_the_csrf_token_are_refused(
     page = client.get(f"/messages/{message_id}")
     assert "Cancel sending" in page.text
     assert "No address is suppressed" in client.get("/suppressions").text
-    assert client.post(
-        f"/messages/{message_id}/cancel", data={"csrf": token}, follow_redirects=True
-    ).status_code == 200
-    assert "is cancelled" in client.get(f"/messages/{message_id}").text or True
+    done = client.post(f"/messages/{message_id}/cancel", data={"csrf": token})
+    assert done.status_code == 200 and "is cancelled" in done.text
 
 
 def test_another_accounts_message_and_broadcast_are_not_found(
@@ -162,8 +172,12 @@ def test_another_accounts_message_and_broadcast_are_not_found(
             conn,
             other,
             schemas.BroadcastIn.model_validate(
-                {"from": "a@globex.test", "subject": "B", "text": "x",
-                 "recipients": [{"email": "z@globex.test"}]}
+                {
+                    "from": "a@globex.test",
+                    "subject": "B",
+                    "text": "x",
+                    "recipients": [{"email": "z@globex.test"}],
+                }
             ),
             LIMITS,
         ).id

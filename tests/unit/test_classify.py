@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from postwarden.classify import REASONS, Verdict, classify, describe, retry_after
+from postwarden.classify import REASONS, Verdict, classify, describe, retry_after, smtp_command
 
 # (server words, status, reply code, expected reason). Status/reply None: read from the text.
 CASES = [
@@ -166,3 +166,33 @@ def test_verdict_carries_description() -> None:
 )
 def test_retry_after(text: str, seconds: int | None) -> None:
     assert retry_after(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("host mx said: 550 User unknown (in reply to RCPT TO command)", "RCPT"),
+        ("SMTP error from remote mail server after MAIL FROM:<a@b.example> SIZE=1:", "MAIL"),
+        ("(in reply to end of DATA command)", "DATA"),
+        ("SMTP error from remote mail server after initial connection:", "CONN"),
+        ("Connected to 192.0.2.1 but my name was rejected.", "HELO"),
+        ("550 User unknown", None),
+    ],
+)
+def test_smtp_command(text: str, command: str | None) -> None:
+    assert smtp_command(text.lower()) == command
+
+
+def test_postfix_queue_deferral_is_not_a_suspended_account() -> None:
+    text = ("delivery temporarily suspended: host mx.example.jp[192.0.2.1] refused to talk to "
+            "me: 421 Service not available")
+    assert classify(text).reason == "blocked"
+    assert classify("550 5.2.1 This mailbox has been suspended").reason == "suspend"
+
+
+def test_dsn_without_text_falls_back_on_codes() -> None:
+    assert classify("", status="4.4.7").reason == "expired"
+    assert classify("", status="5.3.4").reason == "mesgtoobig"
+    assert classify("", status="5.6.1").reason == "contenterror"
+    assert classify("", status="5.7.99").reason == "securityerror"
+    assert classify("", reply_code=521).reason == "notaccept"

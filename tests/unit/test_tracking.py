@@ -145,7 +145,6 @@ def test_truncated_and_extended_tokens_are_rejected() -> None:
 
 
 def test_non_canonical_base64_spelling_is_rejected() -> None:
-    token = sign(SECRET, "o", 1, 0)  # 15 bytes -> 20 chars, no spare bits; use a 16-byte one
     token = sign(SECRET, "o", 200, 0)  # 16 bytes -> 22 chars, 4 unused bits in the last char
     assert verify(SECRET, "o", token) == (200, 0)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -386,6 +385,32 @@ def test_odd_markup_does_not_break_or_hang() -> None:
     assert results[10].links == ("https://x",) * 3
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "<a" * 100_000,
+        "<a " * 100_000,
+        '<a x="' * 100_000,
+        "<a x='" * 100_000,
+        "</a" * 100_000,
+        "<!--[if" * 100_000,
+        "<script " * 50_000,
+        "<" * 200_000,
+        "<a " + "b=c " * 100_000,
+        '<a href="https://x/?' + "&amp" * 100_000 + '">x</a>',
+    ],
+    ids=lambda h: repr(h[:12]),
+)
+def test_hostile_markup_is_scanned_in_linear_time(hostile: str) -> None:
+    start = time.perf_counter()
+    r = _instr(hostile, track_opens=False)
+    assert time.perf_counter() - start < 2.0
+    if "href" in hostile:
+        assert len(r.links) == 1
+    else:
+        assert r.html == hostile and r.links == ()
+
+
 def test_indices_follow_document_order() -> None:
     html = "".join(f'<a href="https://l{i}.example/">{i}</a>' for i in range(50))
     r = _instr(html, track_opens=False)
@@ -422,6 +447,15 @@ def test_instrument_text() -> None:
     assert ".\nHelp (https://pw.example.com/t/c/" in out
     assert ") or <https://pw.example.com/t/c/" in out
     assert "mailto:x@y.example" in out and out.endswith("https://pw.example.com/t/c/abc\n")
+
+
+@pytest.mark.parametrize("text", ["https://x.example/" + ")" * 100_000,
+                                  "https://x.example/" + ".)" * 100_000])
+def test_instrument_text_hostile_input_is_fast(text: str) -> None:
+    start = time.perf_counter()
+    _, links = instrument_text(text, base_url=BASE, secret=SECRET, message_id=1, first_index=0)
+    assert time.perf_counter() - start < 2.0
+    assert links == ("https://x.example/",)
 
 
 # --- classification -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ fresh connection. A 421 reply means the server is closing: the rest are ``tempor
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import random
 import re
@@ -40,6 +41,11 @@ import dns.nameserver
 import dns.resolver
 
 from postwarden.channels import base
+
+_PERIOD = re.compile(rb"(?m)^\.")
+_LONE_LF = re.compile(rb"(?<!\r)\n")
+_LONE_CR = re.compile(rb"\r(?!\n)")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 __all__ = ["SMTPChannel", "SMTPConfig"]
 
@@ -159,6 +165,79 @@ def _first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
+class _Replies(asyncio.Protocol):
+    """Reads SMTP replies off a transport taken over from aiosmtplib after the session is set
+    up, so that commands can be pipelined (RFC 2920): aiosmtplib waits for one reply per
+    command and drops replies that arrive early."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.buffer = bytearray()
+        self.lines: list[str] = []
+        self.replies: collections.deque[tuple[int, str]] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost: BaseException | None = None
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            line = bytes(buffer[start : end + 1])
+            start = end + 1
+            text = line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape")
+            self.lines.append(text)
+            if line[3:4] != b"-":
+                try:
+                    code = int(line[:3])
+                except ValueError:
+                    code = -1
+                self.replies.append((code, "\n".join(self.lines)))
+                self.lines = []
+        if start:
+            del buffer[:start]
+        if len(buffer) > 65536:
+            self.connection_lost(ConnectionError("reply line too long"))
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.connection_lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is None:
+            self.lost = exc or ConnectionResetError("the server closed the connection")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.lost is not None or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+
+    async def read(self) -> tuple[int, str]:
+        """The next reply; raises ConnectionError when the connection is gone (the caller
+        applies the timeout)."""
+        while not self.replies:
+            if self.lost is not None:
+                raise ConnectionResetError(str(self.lost))
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        code, text = self.replies.popleft()
+        if code < 0:
+            raise ConnectionResetError(f"malformed reply: {text[:80]}")
+        return code, text
+
+
 class _Session:
     """One SMTP connection and its transcript."""
 
@@ -184,6 +263,15 @@ class _Session:
             tls_context=channel.tls_context(relay=relay is not None) if implicit else None,
         )
         self.prefix = ""
+        self.pipe: _Replies | None = None
+
+    def pipeline(self) -> None:
+        """Take the transport over for pipelined transactions when the server offers
+        PIPELINING (after greeting, STARTTLS, EHLO and AUTH went through aiosmtplib)."""
+        client = self.client
+        transport = client.transport
+        if client.supports_extension("pipelining") and isinstance(transport, asyncio.Transport):
+            self.pipe = _Replies(transport)
 
     def log(self, lines: list[str], text: str) -> None:
         lines.append(f"{_now()} {text}\n")
@@ -358,6 +446,8 @@ class _Session:
         mail = f"MAIL FROM:<{out.mail_from}>"
         if options:
             mail += " " + " ".join(options)
+        if self.pipe is not None:
+            return await self._send_pipelined(out, mail, encoding, lines)
         try:
             await self.exchange(
                 lines,
@@ -408,8 +498,107 @@ class _Session:
             True,
         )
 
+    async def _read(self, lines: list[str], what: str, timeout: float) -> tuple[int, str]:
+        """One pipelined reply, logged; a lost connection or a timeout is a :class:`_Failure`."""
+        pipe = self.pipe
+        assert pipe is not None
+        try:
+            async with asyncio.timeout(timeout):
+                code, text = await pipe.read()
+        except TimeoutError:
+            text = f"timed out after {_secs(timeout)} waiting for the reply to {what}"
+            self.log(lines, f"error: {text}")
+            raise _Failure(None, text, alive=False) from None
+        except ConnectionError as exc:
+            text = f"connection to {self.remote} lost during {what}"
+            self.log(lines, f"error: {text} ({exc})")
+            raise _Failure(None, text, alive=False) from None
+        self.log_reply(lines, code, text)
+        return code, text
+
+    def _write(self, lines: list[str], data: bytes, what: str) -> None:
+        pipe = self.pipe
+        assert pipe is not None
+        try:
+            pipe.write(data)
+        except ConnectionError as exc:
+            text = f"connection to {self.remote} lost during {what}"
+            self.log(lines, f"error: {text} ({exc})")
+            raise _Failure(None, text, alive=False) from None
+
+    async def _send_pipelined(
+        self, out: base.Outgoing, mail: str, encoding: str, lines: list[str]
+    ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
+        """MAIL, RCPT and DATA in one write, the body in a second: two round trips."""
+        cfg = self.config
+        ct = cfg.command_timeout
+        rcpt = f"RCPT TO:<{out.rcpt}>"
+        if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
+            text = "cannot send MAIL FROM: Command arg contains a prohibited control character"
+            self.log(lines, f"error: {text}")
+            return "temporary", None, None, text, lines, True
+        self.log(lines, f"C: {mail}")
+        self.log(lines, f"C: {rcpt}")
+        self.log(lines, "C: DATA")
+        failure: _Failure | None = None
+        try:
+            self._write(lines, f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode(encoding), "MAIL FROM")
+            replies = [
+                await self._read(lines, "MAIL FROM", ct),
+                await self._read(lines, "RCPT TO", ct),
+                await self._read(lines, "DATA", cfg.data_timeout),
+            ]
+            for (code, text), expected in zip(replies, (2, 2, 3), strict=True):
+                if code // 100 != expected:
+                    failure = _Failure(code, text, alive=code != 421)
+                    break
+            if failure is None:
+                data = out.data
+                if b"\r" in data.replace(b"\r\n", b"") or b"\n" in data.replace(b"\r\n", b""):
+                    data = _LONE_LF.sub(b"\r\n", _LONE_CR.sub(b"\r\n", data))
+                if not data.endswith(b"\r\n"):
+                    data += b"\r\n"
+                data = _PERIOD.sub(b"..", data) + b".\r\n"
+                self.log(lines, f"C: <message {len(out.data)} bytes>")
+                self._write(lines, data, "DATA")
+                code, text = await self._read(lines, "DATA", cfg.data_timeout)
+                if code // 100 != 2:
+                    failure = _Failure(code, text, alive=code != 421)
+                else:
+                    return "accepted", code, _enhanced(code, text), _first_line(text), lines, True
+            elif replies[2][0] == 354:  # DATA accepted after all: end it with an empty body
+                self._write(lines, b".\r\n", "DATA")
+                await self._read(lines, "DATA", cfg.data_timeout)
+        except _Failure as exc:
+            failure = exc
+        assert failure is not None
+        outcome = _outcome(failure.code)
+        if outcome == "accepted":
+            outcome = "temporary"
+        alive = failure.alive
+        if failure.code == 421:
+            self.closed_by_421 = failure
+        if alive:
+            self.log(lines, "C: RSET")
+            try:
+                self._write(lines, b"RSET\r\n", "RSET")
+                code, _text = await self._read(lines, "RSET", ct)
+                alive = code // 100 == 2
+            except _Failure:
+                alive = False
+        enhanced = _enhanced(failure.code, failure.text)
+        return outcome, failure.code, enhanced, _first_line(failure.text), lines, alive
+
     async def quit(self, lines: list[str]) -> None:
         timeout = min(self.config.command_timeout, 5.0)
+        if self.pipe is not None:
+            self.log(lines, "C: QUIT")
+            try:
+                self._write(lines, b"QUIT\r\n", "QUIT")
+                await self._read(lines, "QUIT", timeout)
+            except _Failure:
+                pass
+            return
         try:
             await self.exchange(
                 lines, "QUIT", self.client.quit(timeout=timeout), what="QUIT", timeout=timeout
@@ -418,6 +607,8 @@ class _Session:
             pass
 
     def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.close()
         self.client.close()
 
 
@@ -532,6 +723,7 @@ class SMTPChannel:
                 await session.open()
                 if transcript:
                     session.prefix = "".join(transcript) + session.prefix
+                session.pipeline()
                 return session
             except _Failure as exc:
                 session.close()
@@ -544,6 +736,7 @@ class SMTPChannel:
             try:
                 await session.open()
                 session.prefix = "".join(transcript) + session.prefix
+                session.pipeline()
                 return session
             except _Failure as exc:
                 session.close()

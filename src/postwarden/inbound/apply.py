@@ -189,7 +189,10 @@ def apply_report(
     facts: list[recorder.Fact] = []
     targets: dict[int, _Target] = {}
     for recipient in actionable:
-        target = by_token or _match_address(conn, account_ids, recipient)
+        # A complaint suppresses an address, so it must name its message by a signed token:
+        # anyone can mail abuse@, and an address match alone would let them suppress anybody.
+        complaint = recipient.kind is dsn.Kind.COMPLAINT
+        target = by_token or (None if complaint else _match_address(conn, account_ids, recipient))
         if target is None:
             log.info("inbound mail %s: no message for %s", inbound_id, recipient.address)
             continue

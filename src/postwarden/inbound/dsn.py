@@ -212,7 +212,13 @@ def _split_head(raw: bytes) -> tuple[bytes, bytes]:
         return b"", raw[1:]
     if not _FIRST_HEADER_RE.match(raw):
         return b"", raw
-    m = _HEADER_END_RE.search(raw)
+    lf = raw.find(b"\n\n")
+    crlf = raw.find(b"\r\n\r\n")
+    if crlf != -1 and (lf == -1 or crlf < lf):
+        return raw[:crlf], raw[crlf + 4:]
+    if lf != -1:
+        return raw[:lf], raw[lf + 2:]
+    m = _HEADER_END_RE.search(raw)  # blank line holding spaces, or none at all
     if not m:
         return raw, b""
     return raw[: m.start()], raw[m.end():]
@@ -692,6 +698,9 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
             diag_type = m.group(0).strip().rstrip(";").strip().lower()
             raw_diag = raw_diag[m.end():]
         diag = _SPACE_RE.sub(" ", raw_diag).strip()
+        relayed = _RELAYED_REPLY_RE.match(diag)
+        if relayed:  # "5.1.0 - Unknown address error 550-'5.7.1 ...'": the remote's own words
+            diag = diag[relayed.end():]
         context = _snippet_for(human_region, final, original)
         remote = g.get("remote-mta")
         remote_mta = _TYPE_PREFIX_RE.sub("", remote).strip() or None if remote else None
@@ -742,6 +751,10 @@ def _generated_by(ctx: _Context, human: str, destination: str) -> str | None:
     return None
 
 
+# A relay's own category before the remote server's reply (Amazon SES and others).
+_RELAYED_REPLY_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3} - [A-Za-z ]{3,60} (?=[245]\d\d[ \-])")
+
+
 def _weak(diag: str) -> bool:
     """A diagnostic with only codes or boilerplate: read the human-readable part as well."""
     letters = sum(c.isalpha() for c in diag)
@@ -761,31 +774,29 @@ def _overall(recipients: list[Recipient]) -> Kind:
 
 
 # ---- Amazon SES JSON --------------------------------------------------------------------------
+def _loads_wrapped(text: str) -> object:
+    """JSON that may have been wrapped at a fixed line length (newlines cannot occur inside
+    JSON strings, so removing them restores it)."""
+    for candidate in (re.sub(r"\r?\n", "", text), text):
+        try:
+            return json.loads(candidate, strict=False)
+        except ValueError:
+            continue
+    return None
+
+
 def _from_ses(ctx: _Context) -> Report | None:
     body = ctx.body
-    if "notificationType" not in body and "eventType" not in body:
+    flat = body.replace("\r", "").replace("\n", "")  # notifications may be wrapped
+    if "notificationType" not in flat and "eventType" not in flat:
         return None
     start = body.find("{")
     end = body.rfind("}")
     if start < 0 or end <= start:
         return None
-    chunk = body[start:end + 1]
-    try:
-        data = json.loads(chunk, strict=False)
-    except ValueError:
-        try:  # notifications wrapped at a fixed line length
-            data = json.loads(re.sub(r"\r?\n", "", chunk), strict=False)
-        except ValueError:
-            return None
+    data = _loads_wrapped(body[start:end + 1])
     if isinstance(data, dict) and isinstance(data.get("Message"), str):
-        inner = data["Message"]
-        try:  # an SNS envelope: the notification is a JSON string inside it
-            data = json.loads(inner, strict=False)
-        except ValueError:
-            try:
-                data = json.loads(re.sub(r"\r?\n", "", inner), strict=False)
-            except ValueError:
-                return None
+        data = _loads_wrapped(data["Message"])  # an SNS envelope: the notification inside
     if not isinstance(data, dict):
         return None
     ntype = str(data.get("notificationType") or data.get("eventType") or "").lower()
@@ -933,17 +944,16 @@ def _snippet_for(region: str, final: str, original: str | None) -> str:
         if pos >= 0:
             line_start = low.rfind("\n", 0, pos) + 1
             chunk = region[line_start:line_start + 600]
-            nxt = _NEXT_RCPT_RE.search(chunk, pos - line_start + len(addr))
-            if nxt:
-                chunk = chunk[: nxt.start()]
+            for nxt in _NEXT_RCPT_RE.finditer(chunk, pos - line_start + len(addr)):
+                if addr.lower() not in nxt.group(0).lower():  # another recipient's lines
+                    chunk = chunk[: nxt.start()]
+                    break
             return _SPACE_RE.sub(" ", chunk).strip()
     return ""
 
 
 _NEXT_RCPT_RE = re.compile(r"\n\s*<?[^\s<>@]+@[^\s<>]+>?(?::|\s*$)", re.M)
 _NOT_RCPT_LOCAL = re.compile(r"^(?:mailer-daemon|mail-daemon|mailerdaemon)$", re.I)
-_INTRO_RE = re.compile(r"^\s*(?:[-*>]\s*)?(?:rcpt to:?\s*)?<?$", re.I)
-_QUOTED_ADDR_RE = re.compile(r"(\"[^\"\r\n]{1,64}\"|[^\s<>\"()\[\],;:]{1,128})@([\w.\-]+\.\w+)")
 
 
 def _from_plain(ctx: _Context) -> Report:
@@ -998,8 +1008,10 @@ def _from_plain(ctx: _Context) -> Report:
     if not found and _SMTP_EVIDENCE_RE.search(region):
         found = weak
 
+    positions = {a.lower(): p for a, p in found}
+    if failed and strong and not any(a.lower() in positions for a in failed):
+        failed = []  # X-Failed-Recipients contradicts the report itself: trust the report
     if failed:
-        positions = {a.lower(): p for a, p in found}
         chosen = [(a, positions.get(a.lower(), -1)) for a in failed]
     else:
         chosen = found
@@ -1049,7 +1061,7 @@ def _from_plain(ctx: _Context) -> Report:
 _STRONG_RE = re.compile(
     r"^\W*ADDR\W*$"
     r"|^\s*[<\"'(\[]*ADDR"
-    r"|^\s*[\w ]{1,40}:\s*[<\"]?ADDR[>\"]?\W*$"
+    r"|^\s*+(?!(?:mail )?from\b|sender\b|reply-to\b|cc\b)\w[\w ]{0,39}:\s*[<\"]?ADDR[>\"]?\W*$"
     r"|\d{3}[ -]<?ADDR>?(?:\.\.\.|:)"
     r"|(?:^|\s)(?:to|for|recipients?|address(?:es)?|rcpt|destinataire|an|a)\W{0,3}[<\"(]?ADDR"
     r"|^\s*[*>-]+\s*<?ADDR"

@@ -158,6 +158,7 @@ messages = Table(
     Column("metadata", JSON, nullable=False, default=dict),
     Column("idempotency_key", String(200)),
     Column("has_attachments", Boolean, nullable=False, default=False),
+    Column("track", Boolean),  # engagement tracking for this message; None: the account's
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", When),
     Column("lease_until", When),
@@ -173,6 +174,7 @@ messages = Table(
     Index(None, "account_id", "created_at"),
     Index(None, "account_id", "category", "id"),
     Index(None, "broadcast_id", "status"),
+    Index(None, "broadcast_id", "id"),  # a broadcast's recipients, newest first (mail log)
     Index(None, "resend_of"),
     Index(None, "status", "next_attempt_at"),
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:17:49.752292
+Create Date: 2026-11-22 14:26:07.199761
 """
 
 from __future__ import annotations
@@ -365,6 +365,9 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index(
+            batch_op.f("ix_messages_broadcast_id_id"), ["broadcast_id", "id"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_messages_broadcast_id_status"), ["broadcast_id", "status"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_messages_resend_of"), ["resend_of"], unique=False)
@@ -564,6 +567,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_messages_status_next_attempt_at"))
         batch_op.drop_index(batch_op.f("ix_messages_resend_of"))
         batch_op.drop_index(batch_op.f("ix_messages_broadcast_id_status"))
+        batch_op.drop_index(batch_op.f("ix_messages_broadcast_id_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_to_addr_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_status_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_id"))

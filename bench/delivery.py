@@ -1,0 +1,109 @@
+"""Figure 1: delivery. N queued messages of about 2 KB from ``pending`` to their recorded
+final status at smtp-sink, on SQLite (one ``postwarden serve``) and on PostgreSQL (two
+``postwarden worker`` processes), next to smtp-source (the limit) and django-post-office (the
+peer) sending the same messages to the same kind of sink. Also figure 3a: the serving
+process's peak RSS during delivery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench import common, peer
+
+SIZE = 2048
+
+
+def _run_postwarden(
+    url: str, n: int, workdir: Path, *, workers: int, sqlite: bool
+) -> tuple[float, int, float]:
+    """Returns (messages per second, messages counted by the sink, peak RSS MB of process 1)."""
+    engine, account, _key = common.prepare(url)
+    common.seed_pending(engine, account, n)
+    with common.Sink() as sink:
+        env = common.postwarden_env(
+            url, POSTWARDEN_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
+        )
+        procs = []
+        try:
+            if sqlite:
+                port = common.free_port()
+                procs.append(
+                    common.start(["serve", "--port", str(port)], env, workdir / "serve.log")
+                )
+                common.wait_port(port)
+            else:
+                for i in range(workers):
+                    procs.append(common.start(["worker"], env, workdir / f"worker{i}.log"))
+                time.sleep(1.5)  # imports and the first empty poll
+                for p in procs:
+                    if p.poll() is not None:
+                        raise RuntimeError("a worker exited at start; see its log")
+            t0 = common.release(engine)
+            t1 = common.wait_final(engine, n, timeout=max(60.0, n / 50), procs=procs)
+            got = sink.wait_count(n, timeout=2)
+            rss = common.vm_hwm_mb(procs[0].pid)
+        finally:
+            for p in procs:
+                common.stop(p)
+            engine.dispose()
+    return n / (t1 - t0), got, rss
+
+
+def run(report: common.Report, n: int, workdir: Path, *, with_pg: bool) -> None:
+    limit = common.smtp_source_rate(n, SIZE)
+    with common.Sink() as sink:
+        queued, sent = peer.run(min(n, 5000), sink)
+    report.note(
+        f"references: smtp-source {limit:,.0f} msgs/s (4 sessions, -d connection reuse); "
+        f"django-post-office queued {queued:,.0f}/s, send_queued_mail {sent:,.0f}/s "
+        f"(on {min(n, 5000):,} messages)"
+    )
+
+    with common.sqlite_db(workdir, "delivery") as url:
+        rate, got, rss = _run_postwarden(url, n, workdir, workers=1, sqlite=True)
+    exact = "sink count equals N" if got == n else f"SINK COUNTED {got} OF {n}"
+    report.add(
+        common.Figure(
+            "delivery sqlite serve",
+            rate,
+            "msgs/s",
+            "smtp-source",
+            limit,
+            ">= 3,000 and >= 15% of smtp-source",
+            f"N={n:,}; {exact}",
+        )
+    )
+    report.add(
+        common.Figure(
+            "delivery sqlite vs peer", rate, "msgs/s", "django-post-office", sent, ">= 4x"
+        )
+    )
+    report.add(common.Figure("memory delivery serve VmHWM", rss, "MB", target="< 300"))
+
+    if not with_pg:
+        report.note("PostgreSQL figures skipped")
+        return
+    problem = common.pg_available()
+    if problem:
+        report.note(f"PostgreSQL figures skipped: {problem}")
+        return
+    with common.pg_db("postwarden_bench_delivery") as url:
+        rate, got, _rss = _run_postwarden(url, n, workdir, workers=2, sqlite=False)
+    exact = "sink count equals N" if got == n else f"SINK COUNTED {got} OF {n}"
+    report.add(
+        common.Figure(
+            "delivery postgresql 2 workers",
+            rate,
+            "msgs/s",
+            "smtp-source",
+            limit,
+            ">= 3,000 and >= 15% of smtp-source",
+            f"N={n:,}; {exact}",
+        )
+    )
+    report.add(
+        common.Figure(
+            "delivery postgresql vs peer", rate, "msgs/s", "django-post-office", sent, ">= 4x"
+        )
+    )

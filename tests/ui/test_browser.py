@@ -1,0 +1,510 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright, against the app served
+by uvicorn on a free port, with mail really delivered to the recipient simulator.
+
+Screenshots of every page, at desktop width and at 360 px, go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert, update
+
+from postwarden import (
+    accounts,
+    clock,
+    intake,
+    recorder,
+    schemas,
+    service,
+    suppression,
+    users,
+)
+from postwarden.settings import Settings
+from postwarden.simulator import Simulator, build_dsn, free_port
+from postwarden.status import Kind
+from postwarden.store import tables as t
+from postwarden.web.app import create_app
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORD = "correct horse battery"
+LIMITS = intake.Limits(10_000_000, 10_000)
+
+
+def _browser_problem() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install playwright)"
+    return None
+
+
+_problem = _browser_problem()
+if _problem:
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests must run in CI: {_problem}", pytrace=False)
+    pytest.skip(_problem, allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def db_url() -> str:  # the browser tests run on SQLite only
+    return "unused"
+
+
+# region seeding: real deliveries to the simulator
+
+
+async def _deliver(settings: Settings, parts: service.Parts, account: accounts.Account) -> None:
+    from postwarden.dispatcher import Dispatcher
+
+    with parts.engine.begin() as conn:
+        intake.submit_message(
+            conn,
+            account,
+            schemas.MessageIn.model_validate(
+                {
+                    "from": "Acme <app@acme.test>",
+                    "to": "unknown.jane@example.test",
+                    "subject": "Your invoice #1042",
+                    "text": "Please find your invoice.",
+                    "category": "billing",
+                }
+            ),
+            LIMITS,
+        )
+        recipients = [{"email": f"customer{i}@example.test"} for i in range(14)] + [
+            {"email": "unknown.bob@corp.test"},
+            {"email": "full.ann@mail.test"},
+            {"email": "spam.check@corp.test"},
+            {"email": "customer1@example.test"},
+            {"email": "nobody@nullmx.test"},
+        ]
+        intake.submit_broadcast(
+            conn,
+            account,
+            schemas.BroadcastIn.model_validate(
+                {
+                    "from": "Acme News <news@acme.test>",
+                    "subject": "Spring sale starts today",
+                    "text": "Everything is 20% off.",
+                    "category": "news",
+                    "recipients": recipients,
+                }
+            ),
+            LIMITS,
+        )
+    channel = service.smtp_channel(settings)
+    dispatcher = Dispatcher(parts.engine, settings, channel, parts.secret)
+    try:
+        for _ in range(3):
+            await dispatcher.run_once()
+            await asyncio.sleep(0.3)
+    finally:
+        await channel.aclose()
+
+
+def _after_delivery(engine: Engine, account: accounts.Account) -> dict[str, int]:
+    """Opens and clicks, a late bounce mail with its raw DSN, older days for the chart."""
+    policy = suppression.Policy()
+    with engine.begin() as conn:
+        rows = {
+            r.to_addr: r.id
+            for r in conn.execute(t.messages.select().where(t.messages.c.account_id == account.id))
+        }
+        for i in range(6):
+            recorder.record(
+                conn,
+                [recorder.Fact(rows[f"customer{i}@example.test"], Kind.OPENED, "pixel")],
+                policy=policy,
+            )
+        recorder.record(
+            conn,
+            [recorder.Fact(rows["customer2@example.test"], Kind.CLICKED, "link")],
+            policy=policy,
+        )
+        late = rows["customer9@example.test"]
+        raw = build_dsn(
+            reporting_mta="mx.example.test",
+            original=b"Subject: Spring sale\r\n\r\nx",
+            recipient="customer9@example.test",
+            status="5.2.1",
+            diagnostic="smtp; 550 5.2.1 The email account that you tried to reach is disabled",
+        )
+        inbound = conn.scalar(
+            insert(t.inbound_mails)
+            .values(
+                received_at=clock.now(),
+                peer="127.0.0.1",
+                mail_from="",
+                rcpt_to=["b@acme.test"],
+                raw=raw,
+                state="done",
+                kind="dsn",
+                account_id=account.id,
+            )
+            .returning(t.inbound_mails.c.id)
+        )
+        recorder.record(
+            conn,
+            [
+                recorder.Fact(
+                    late,
+                    Kind.BOUNCED,
+                    "dsn",
+                    reason="suspend",
+                    hard=False,
+                    code="5.2.1",
+                    detail="550 5.2.1 The email account that you tried to reach is disabled",
+                    inbound_id=inbound,
+                )
+            ],
+            policy=policy,
+        )
+        # spread the broadcast's first recipients over the last days, for the chart
+        for back, i in enumerate(range(10, 14), start=1):
+            when = clock.now() - timedelta(days=back)
+            conn.execute(
+                update(t.messages)
+                .where(t.messages.c.id == rows[f"customer{i}@example.test"])
+                .values(created_at=when)
+            )
+        pending = intake.submit_message(
+            conn,
+            account,
+            schemas.MessageIn.model_validate(
+                {
+                    "from": "app@acme.test",
+                    "to": "later@example.test",
+                    "subject": "Reminder: your appointment",
+                    "text": "See you soon.",
+                }
+            ),
+            LIMITS,
+        ).id
+    return {"pending": pending, "jane": rows["unknown.jane@example.test"]}
+
+
+# endregion
+# region the server
+
+
+class _Server:
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+class Site:
+    def __init__(self, base: str, engine: Engine, ids: dict[str, int], other: int) -> None:
+        self.base = base
+        self.engine = engine
+        self.ids = ids
+        self.other_message = other
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    path = tmp_path_factory.mktemp("browser") / "ui.db"
+
+    async def seed() -> tuple[Settings, service.Parts, accounts.Account]:
+        async with Simulator() as sim:
+            settings = Settings(
+                database_url=f"sqlite:///{path}",
+                secret_key="browser-test",
+                routes=f"example.test=127.0.0.1:{sim.port},corp.test=127.0.0.1:{sim.port},"
+                f"mail.test=127.0.0.1:{sim.port}",
+                dns_server=f"127.0.0.1:{sim.dns_port}",
+                min_backoff=30,
+                helo_name="pw.test",
+                connect_timeout=2,
+                command_timeout=2,
+                data_timeout=2,
+                default_bounce_domain="bounces.acme.test",
+            )
+            parts = service.open_parts(settings)
+            with parts.engine.begin() as conn:
+                account, _ = accounts.create(conn, "acme", "bounces.acme.test")
+                users.create(conn, account.id, "ops@acme.test", PASSWORD)
+            await _deliver(settings, parts, account)
+            return settings, parts, account
+
+    # a thread of its own: pytest-asyncio may have an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        settings, parts, account = pool.submit(asyncio.run, seed()).result()
+    ids = _after_delivery(parts.engine, account)
+    with parts.engine.begin() as conn:
+        other, _ = accounts.create(conn, "globex", "bounces.globex.test")
+        other_id = intake.submit_message(
+            conn,
+            other,
+            schemas.MessageIn.model_validate(
+                {
+                    "from": "a@globex.test",
+                    "to": "z@globex.test",
+                    "subject": "Globex only",
+                    "text": "x",
+                }
+            ),
+            LIMITS,
+        ).id
+    port = free_port()
+    with _Server(create_app(settings, parts.engine, parts.secret), port):
+        yield Site(f"http://127.0.0.1:{port}", parts.engine, ids, other_id)
+    parts.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def _sign_in(browser: Browser, site: Site, width: int = 1280) -> Page:
+    context = browser.new_context(
+        viewport={"width": width, "height": 800 if width > 600 else 740},
+        base_url=site.base,
+        timezone_id="UTC",
+    )
+    page = context.new_page()
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    page.get_by_label("Email address").fill("ops@acme.test")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Dashboard", level=1)).to_be_visible()
+    return page
+
+
+def _shot(page: Page, name: str) -> None:
+    width = page.viewport_size["width"] if page.viewport_size else 1280
+    suffix = "mobile" if width < 600 else "desktop"
+    page.screenshot(path=str(SHOTS / f"{name}-{suffix}.png"), full_page=True)
+
+
+# endregion
+
+
+def test_sign_in_and_dashboard(browser: Browser, site: Site) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=site.base)
+    page = context.new_page()
+    page.goto("/")
+    expect(page).to_have_title("Sign in · Postwarden")
+    _shot(page, "login")
+    page.get_by_label("Email address").fill("ops@acme.test")
+    page.get_by_label("Password").fill("wrong password!")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("wrong")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_title("Dashboard · Postwarden")
+    expect(page.get_by_role("note")).to_contain_text("suppressed")
+    expect(
+        page.get_by_role("link", name=re.compile("undelivered in the last 30 days"))
+    ).to_be_visible()
+    expect(page.get_by_role("link", name="Spring sale starts today")).to_be_visible()
+    _shot(page, "dashboard")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_title("Sign in · Postwarden")
+    page.goto("/messages")
+    expect(page).to_have_url(re.compile("/login"))
+    context.close()
+
+
+def test_find_an_undelivered_message_and_read_its_transcript(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.get_by_role("link", name="Mail log").click()
+    expect(page).to_have_title("Mail log · Postwarden")
+    _shot(page, "messages")
+    today = clock.now().date().isoformat()
+    page.get_by_label("Recipient address").fill("unknown.jane@example.test")
+    page.get_by_label("From date").fill(today)
+    page.get_by_label("To date").fill(today)
+    page.get_by_label("Show only undelivered").check()
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("table.log tbody tr")
+    expect(rows).to_have_count(1)
+    badge = rows.first.locator(".badge")
+    expect(badge).to_contain_text("bounced")
+    assert "User unknown" in (badge.get_attribute("title") or "")
+    rows.first.get_by_role("link").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("unknown.jane@example.test")
+    expect(page.get_by_text("Next step:")).to_be_visible()
+    transcript = page.get_by_label("SMTP transcript of attempt 1")
+    expect(transcript).to_be_hidden()
+    page.get_by_text("Show details").click()
+    expect(transcript).to_be_visible()
+    expect(transcript).to_contain_text("RCPT TO:<unknown.jane@example.test>")
+    expect(transcript).to_contain_text("550 5.1.1")
+    _shot(page, "message")
+    page.context.close()
+
+
+def test_late_bounce_shows_the_raw_bounce_mail(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.goto("/messages?address=customer9@example.test")
+    page.locator("table.log tbody tr").first.get_by_role("link").click()
+    expect(page.locator(".timeline .flag")).to_contain_text("bounced after delivery")
+    page.get_by_text("Show details").click()
+    expect(page.get_by_label(re.compile("Raw bounce mail"))).to_contain_text(
+        "Content-Type: multipart/report"
+    )
+    page.context.close()
+
+
+def test_resend_to_a_corrected_address_leaves_the_report(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.get_by_role("link", name="Undelivered", exact=True).click()
+    expect(page).to_have_title("Undelivered report · Postwarden")
+    _shot(page, "undelivered")
+    row = page.locator("table.log tbody tr", has_text="unknown.jane@example.test")
+    expect(row).to_have_count(1)
+    row.get_by_label(re.compile("Corrected address")).fill("jane@example.test")
+    row.get_by_role("button", name="Resend").click()
+    status = page.get_by_role("status")
+    expect(status).to_contain_text("was resent as message")
+    new_id = int(re.search(r"resent as message (\d+)", status.inner_text()).group(1))  # type: ignore[union-attr]
+    expect(page.locator("table.log tbody tr", has_text="unknown.jane@example.test")).to_have_count(
+        1
+    )
+    with site.engine.begin() as conn:
+        recorder.record(
+            conn, [recorder.Fact(new_id, Kind.DELIVERED, "test")], policy=suppression.Policy()
+        )
+    page.reload()
+    expect(page.locator("table.log tbody tr", has_text="unknown.jane@example.test")).to_have_count(
+        0
+    )
+    page.context.close()
+
+
+def test_remove_a_bounced_address(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.get_by_role("link", name="Bounced addresses", exact=True).click()
+    expect(page).to_have_title("Bounced addresses · Postwarden")
+    _shot(page, "suppressions")
+    page.get_by_label("Address contains").fill("unknown.bob")
+    page.get_by_role("button", name="Search").click()
+    row = page.locator("tbody tr", has_text="unknown.bob@corp.test")
+    expect(row).to_have_count(1)
+    row.get_by_role("link", name="Mark email address as valid").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("unknown.bob@corp.test")
+    _shot(page, "suppression-remove")
+    page.get_by_role("button", name="Yes, mark as valid").click()
+    expect(page.get_by_role("status")).to_contain_text("is marked as valid")
+    expect(page.locator("tbody tr", has_text="unknown.bob@corp.test")).to_have_count(0)
+    page.context.close()
+
+
+def test_cancel_a_pending_message(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.goto(f"/messages/{site.ids['pending']}")
+    expect(page.locator(".headline .badge")).to_contain_text("pending")
+    page.get_by_role("button", name="Cancel sending").click()
+    expect(page.get_by_role("status")).to_contain_text("is cancelled")
+    expect(page.locator(".headline .badge")).to_contain_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel sending")).to_have_count(0)
+    page.context.close()
+
+
+def test_broadcast_results(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    page.get_by_role("link", name="Spring sale starts today").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Spring sale starts today")
+    expect(page.locator(".tile .big")).to_have_text(re.compile(r"\d+\.\d%"))
+    expect(page.locator("table.chart")).to_contain_text("duplicate")
+    _shot(page, "broadcast")
+    page.context.close()
+
+
+def test_refusals_csrf_and_other_accounts(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site)
+    response = page.request.post(f"/messages/{site.ids['pending']}/cancel", form={"x": "1"})
+    assert response.status == 403
+    response = page.goto(f"/messages/{site.other_message}")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    page.context.close()
+
+
+def test_every_page_at_360_px(browser: Browser, site: Site) -> None:
+    page = _sign_in(browser, site, width=360)
+    paths = {
+        "dashboard": "/",
+        "messages": "/messages",
+        "message": f"/messages/{site.ids['jane']}",
+        "undelivered": "/undelivered",
+        "suppressions": "/suppressions",
+        "broadcast": "/broadcasts/1",
+    }
+    for name, path in paths.items():
+        page.goto(path)
+        if name == "message":
+            page.get_by_text("Show details").click()
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        if overflow > 0:
+            wide = page.evaluate(
+                "[...document.querySelectorAll('body *')].filter(e => "
+                "e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)"
+                ".slice(0, 5).map(e => e.tagName + '.' + e.className)"
+            )
+            raise AssertionError(f"{path} scrolls sideways at 360 px by {overflow}px: {wide}")
+        _shot(page, name)
+    page.context.clear_cookies()
+    page.goto("/login")
+    _shot(page, "login")
+    page.context.close()
+
+
+def test_screenshots_exist() -> None:
+    names = sorted(p.name for p in SHOTS.glob("*.png"))
+    assert len(names) >= 14, names
+    assert shutil.disk_usage(SHOTS).free > 0
