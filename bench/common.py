@@ -94,7 +94,7 @@ def _apt_install(*packages: str) -> None:
 
 def ensure_tools() -> None:
     """smtp-sink and smtp-source (Debian's postfix; the daemon is never started) and wrk."""
-    missing = [p for p, tool in (("postfix", "smtp-sink"), ("wrk", "wrk")) if not _which(tool)]
+    missing = [p for p, tool in (("postfix", "smtp-sink"), ("wrk", "wrk")) if not which(tool)]
     if missing:
         # policy-rc.d keeps apt from starting the Postfix daemon.
         policy = Path("/usr/sbin/policy-rc.d")
@@ -110,7 +110,7 @@ def ensure_tools() -> None:
                 policy.unlink()
 
 
-def _which(tool: str) -> str | None:
+def which(tool: str) -> str | None:
     return shutil.which(tool) or next(
         (str(p) for p in (Path("/usr/sbin") / tool, Path("/usr/bin") / tool) if p.exists()), None
     )
@@ -139,7 +139,7 @@ class Sink:
         self.out = tempfile.NamedTemporaryFile(prefix="sink-", suffix=".out", delete=False)
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(
-            [_which("smtp-sink") or "smtp-sink", "-c", *user, f"127.0.0.1:{self.port}", "256"],
+            [which("smtp-sink") or "smtp-sink", "-c", *user, f"127.0.0.1:{self.port}", "256"],
             stdout=self.out,
             stderr=subprocess.STDOUT,
         )
@@ -179,7 +179,7 @@ def smtp_source_rate(n: int, size: int, sessions: int = 4) -> float:
         t0 = time.perf_counter()
         subprocess.run(
             [
-                _which("smtp-source") or "smtp-source",
+                which("smtp-source") or "smtp-source",
                 "-d",
                 "-s",
                 str(sessions),

@@ -50,7 +50,8 @@ def _run_postwarden(
     return n / (t1 - t0), got, rss
 
 
-def run(report: common.Report, n: int, workdir: Path, *, with_pg: bool) -> None:
+def run(report: common.Report, n: int, workdir: Path, *, with_pg: bool) -> tuple[float, float]:
+    """Returns (smtp-source rate, the peer's queueing rate) for the other figures."""
     limit = common.smtp_source_rate(n, SIZE)
     with common.Sink() as sink:
         queued, sent = peer.run(min(n, 5000), sink)
@@ -83,11 +84,11 @@ def run(report: common.Report, n: int, workdir: Path, *, with_pg: bool) -> None:
 
     if not with_pg:
         report.note("PostgreSQL figures skipped")
-        return
+        return limit, queued
     problem = common.pg_available()
     if problem:
         report.note(f"PostgreSQL figures skipped: {problem}")
-        return
+        return limit, queued
     with common.pg_db("postwarden_bench_delivery") as url:
         rate, got, _rss = _run_postwarden(url, n, workdir, workers=2, sqlite=False)
     exact = "sink count equals N" if got == n else f"SINK COUNTED {got} OF {n}"
@@ -107,3 +108,4 @@ def run(report: common.Report, n: int, workdir: Path, *, with_pg: bool) -> None:
             "delivery postgresql vs peer", rate, "msgs/s", "django-post-office", sent, ">= 4x"
         )
     )
+    return limit, queued

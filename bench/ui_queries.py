@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             "/undelivered",
         )
         report(
-            "dashboard (14 daily counts etc.)",
-            lambda: queries.daily_counts(conn, account.id, 14),
+            "dashboard (7 daily counts)",
+            lambda: queries.daily_counts(conn, account.id, 7),
             "/",
         )
         report(

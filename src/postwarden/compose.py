@@ -7,7 +7,7 @@ only the per-recipient headers (To, Message-ID, the Postwarden id) are written p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -107,10 +107,13 @@ class Composer:
         attachments: Sequence[Attachment] = (),
         extra_headers: Sequence[tuple[str, str]] = (),
         html: str | None = None,
+        text: str | None = None,
     ) -> bytes:
         """The whole message; ``html`` replaces the content's HTML (tracking rewrites it)."""
-        if attachments or html is not None:
+        if attachments or html is not None or text is not None:
             variant = content if html is None else _replace_html(content, html)
+            if text is not None:  # tracking rewrites plain-text links where configured
+                variant = replace(variant, text=text)
             head = _content_headers(content)
             body = _body(variant, attachments).as_bytes(policy=_POLICY)
         else:

@@ -23,6 +23,7 @@ from postwarden import (
     classify,
     clock,
     compose,
+    engagement,
     queue,
     recorder,
     store,
@@ -172,6 +173,10 @@ class Dispatcher:
             files = self._attachments(
                 conn, [c.id for c in claimed if c.has_attachments and c.id not in stored]
             )
+            new = [c for c in claimed if c.id not in stored]  # tracking: pixel, links, headers
+            tracked = engagement.prepare_batch(
+                conn, new, self._contents, self.settings, self.secret
+            )
         outgoing = []
         for c in claimed:
             domain = self._bounce_domains[c.account_id]
@@ -185,6 +190,7 @@ class Dispatcher:
                     token=token,
                     message_id_domain=domain,
                     attachments=files.get(c.id, ()),
+                    **tracked[c.id].build_args(),
                 )
             outgoing.append(Outgoing(c.id, f"{verp.PREFIX}{token}@{domain}", c.to_addr, data))
         return claimed, outgoing

@@ -114,6 +114,7 @@ def _message_row(
         "flags": [],
         "attempts": 0,
         "has_attachments": False,
+        "track": None,
         "metadata": {},
         "next_attempt_at": now if decision is None else None,
         "created_at": now,
@@ -170,6 +171,7 @@ def submit_message(
         idempotency_key=body.idempotency_key,
         has_attachments=bool(files),
         resend_of=resend_of,
+        track=body.track,
     )
     try:
         with conn.begin_nested():
@@ -278,6 +280,7 @@ def submit_broadcast(
             decision,
             broadcast_id=broadcast_id,
             contact_id=contact_id,
+            track=body.track,
         )
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         rows.append(row)
@@ -318,6 +321,7 @@ def resend(conn: Connection, account: Account, message_id: int, to: str | None) 
         resend_of=row.id,
         contact_id=row.contact_id,
         broadcast_id=row.broadcast_id,
+        track=row.track,
     )
     (new_id,) = _insert_messages(conn, [new])
     return schemas.Accepted(id=new_id, status=new["status"])

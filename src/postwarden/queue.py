@@ -30,6 +30,9 @@ class Claimed:
     attempts: int
     created_at: datetime
     has_attachments: bool
+    broadcast_id: int | None = None  # these three: for engagement tracking (engagement.py)
+    category: str = ""
+    track: bool | None = None
 
 
 def claim_batch(
@@ -65,6 +68,9 @@ def claim_batch(
             m.c.attempts,
             m.c.created_at,
             m.c.has_attachments,
+            m.c.broadcast_id,
+            m.c.category,
+            m.c.track,
         )
     )
     return [Claimed(*row) for row in rows]

@@ -110,6 +110,9 @@ class MessageIn(ContentIn):
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    track: bool | None = Field(
+        None, description="Track opens and clicks; unset: the account's setting."
+    )
 
 
 class RecipientIn(Strict):
@@ -126,6 +129,9 @@ class RecipientIn(Strict):
 
 class BroadcastIn(ContentIn):
     recipients: list[RecipientIn] = Field(min_length=1)
+    track: bool | None = Field(
+        None, description="Track opens and clicks; unset: the account's setting."
+    )
 
 
 class ContactIn(Strict):

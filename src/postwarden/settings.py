@@ -103,9 +103,7 @@ class Settings(BaseSettings):
 
     @property
     def transactional(self) -> frozenset[str]:
-        return frozenset(
-            c.strip() for c in self.transactional_categories.split(",") if c.strip()
-        )
+        return frozenset(c.strip() for c in self.transactional_categories.split(",") if c.strip())
 
     @property
     def is_sqlite(self) -> bool:

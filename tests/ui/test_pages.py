@@ -199,7 +199,7 @@ def test_empty_states_say_what_to_do(
     client = _client(settings, engine)
     _sign_in(client)
     expectations = {
-        "/": ["No messages in the last 14 days", "No broadcasts yet", ">0<"],
+        "/": ["No messages in the last 7 days", "No broadcasts yet", ">0<"],
         "/messages": ["No messages yet. Send one"],
         "/messages?address=nobody@example.test": ["No messages match these filters"],
         "/undelivered": ["Everything in this period was delivered"],

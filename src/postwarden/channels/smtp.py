@@ -270,8 +270,8 @@ class _Session:
         PIPELINING (after greeting, STARTTLS, EHLO and AUTH went through aiosmtplib)."""
         client = self.client
         transport = client.transport
-        if client.supports_extension("pipelining") and isinstance(transport, asyncio.Transport):
-            self.pipe = _Replies(transport)
+        if client.supports_extension("pipelining") and hasattr(transport, "set_protocol"):
+            self.pipe = _Replies(transport)  # type: ignore[arg-type]
 
     def log(self, lines: list[str], text: str) -> None:
         lines.append(f"{_now()} {text}\n")

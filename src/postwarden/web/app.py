@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postwarden import __version__, errors
 from postwarden.settings import Settings
-from postwarden.web import api, ui
+from postwarden.web import api, track, ui
 
 _STATUS = {
     errors.NotFound: 404,
@@ -93,6 +93,7 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(api.router)
+    track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_message_bytes * 2)
     return app

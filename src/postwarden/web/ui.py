@@ -38,6 +38,7 @@ router = APIRouter(include_in_schema=False)
 COOKIE = "pw_session"
 SESSION_SECONDS = 12 * 3600
 PAGE = 50
+CHART_DAYS = 7
 CSV_MAX_ROWS = 1_000_000
 
 STATUS_TONE = {
@@ -333,7 +334,7 @@ def dashboard(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
     undelivered = queries.count_undelivered(
         conn, user.account_id, queries.LogFilter(since=since, until=until)
     )
-    days = queries.daily_counts(conn, user.account_id, days=14)
+    days = queries.daily_counts(conn, user.account_id, days=CHART_DAYS)
     peak = max((sum(c.values()) for _, c in days), default=0)
     broadcasts = queries.recent_broadcasts(conn, user.account_id)
     for b in broadcasts:
@@ -345,6 +346,7 @@ def dashboard(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
         nav="dashboard",
         undelivered=undelivered,
         days=days,
+        chart_days=CHART_DAYS,
         peak=peak,
         groups=_CHART_GROUPS,
         broadcasts=broadcasts,

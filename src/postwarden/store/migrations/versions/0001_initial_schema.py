@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:26:07.199761
+Create Date: 2026-11-22 14:28:02.269650
 """
 
 from __future__ import annotations
@@ -297,6 +297,7 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
         sa.Column("has_attachments", sa.Boolean(), nullable=False),
+        sa.Column("track", sa.Boolean(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
@@ -347,12 +348,17 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index(
-            batch_op.f("ix_messages_account_id_created_at"),
-            ["account_id", "created_at"],
+            batch_op.f("ix_messages_account_id_created_at_status"),
+            ["account_id", "created_at", "status"],
             unique=False,
         )
         batch_op.create_index(
             batch_op.f("ix_messages_account_id_id"), ["account_id", "id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_messages_account_id_status_created_at"),
+            ["account_id", "status", "created_at"],
+            unique=False,
         )
         batch_op.create_index(
             batch_op.f("ix_messages_account_id_status_id"),
@@ -570,8 +576,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_messages_broadcast_id_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_to_addr_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_status_id"))
+        batch_op.drop_index(batch_op.f("ix_messages_account_id_status_created_at"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_id"))
-        batch_op.drop_index(batch_op.f("ix_messages_account_id_created_at"))
+        batch_op.drop_index(batch_op.f("ix_messages_account_id_created_at_status"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_category_id"))
 
     op.drop_table("messages")
