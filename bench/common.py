@@ -155,7 +155,7 @@ class Sink:
 
     def wait_count(self, n: int, timeout: float = 5.0) -> int:
         deadline = time.monotonic() + timeout
-        while (got := self.count()) < n and time.monotonic() < deadline:
+        while self.count() < n and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
         return self.count()

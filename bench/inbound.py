@@ -73,7 +73,7 @@ def run(report: common.Report, n: int, workdir: Path, limit: float | None) -> No
         engine, account, _key = common.prepare(url)
         common.seed_pending(engine, account, n)
         with engine.begin() as conn:
-            conn.execute(update(t.messages).values(status="delivered", attempts=1))
+            conn.execute(update(t.messages).values(status="sent", attempts=1))
             rows = conn.execute(select(t.messages.c.id, t.messages.c.to_addr)).all()
         jobs = [
             (

@@ -44,7 +44,7 @@ def _recipients(n: int) -> tuple[list[dict[str, str]], list[str]]:
         if i % 50 == 7:
             out.append({"email": f"not an address {i}"})
         elif i % 20 == 3 and i > 100:
-            out.append({"email": f"user{i - 100}@{common.SINK_DOMAIN}"})
+            out.append({"email": f"user{i - 101}@{common.SINK_DOMAIN}"})
         elif i % 33 == 5:
             address = f"gone{i}@{common.SINK_DOMAIN}"
             suppressed.append(address)
@@ -199,7 +199,8 @@ def _httpx_load(port: int, key: str, seconds: float) -> tuple[float, int]:
     code = (
         "import httpx,sys,time\n"
         "port,key,secs,w=int(sys.argv[1]),sys.argv[2],float(sys.argv[3]),sys.argv[4]\n"
-        "c=httpx.Client(base_url=f'http://127.0.0.1:{port}',headers={'Authorization':'Bearer '+key})\n"
+        "c=httpx.Client(base_url=f'http://127.0.0.1:{port}',\n"
+        "  headers={'Authorization':'Bearer '+key})\n"
         "n=e=0;end=time.perf_counter()+secs\n"
         "while time.perf_counter()<end:\n"
         "  r=c.post('/v1/messages',json={'from':'shop@bench.test','to':f'u{w}-{n}@sink.bench',"

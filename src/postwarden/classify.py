@@ -378,7 +378,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"requires authentication when attempting to send to a non-local",
         r"specified domain is not allowed",
     ]),
-    # ---- unambiguous spam verdicts and IP blocks (before SPF/DKIM wording) ------------------
+    # ---- unambiguous verdicts: failed authentication, spam, IP blocks (before wider wording) -
     ("authfailure", [
         r"does not have authentication information|fails to pass authentication checks",
         r"due to (?:the )?domain's dmarc policy|multiple authentication checks failed",
@@ -608,6 +608,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         r"temporary (?:dns|lookup) failure|dns (?:lookup |query )?(?:error|failure|timeout)",
         r"network (?:is )?unreachable",
     ]),
+    # a specific local failure beats the "given up after retries" wording that follows it
     ("systemerror", [r"unable to contact ldap server|local configuration error"]),
     # ---- delivery given up after retries --------------------------------------------------
     ("expired", [

@@ -347,6 +347,21 @@ def suppressions_remove(
         )
 
 
+@app.command()
+def purge(older_than: Annotated[int, typer.Option("--older-than", min=1, metavar="DAYS",
+                                                  help="Delete messages older than DAYS days")],
+          batch_size: Annotated[int, typer.Option(min=1)] = 1000) -> None:
+    """Delete old messages with their events, attempts, bodies and attachments, in bounded
+    batches (safe while the service runs); messages still queued are kept."""
+    from datetime import timedelta
+
+    from postwarden import retention
+
+    parts = _parts()
+    purged = retention.purge(parts.engine, timedelta(days=older_than), batch_size=batch_size)
+    console.print(f"purged {purged.summary()}")
+
+
 @app.command("parse-bounce")
 def parse_bounce(files: list[Path]) -> None:
     """Parse bounce mails: one JSON line per recipient found in each file."""

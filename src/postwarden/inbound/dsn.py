@@ -663,10 +663,13 @@ def _from_dsn_text(ctx: _Context, body: str) -> Report | None:
     return _report_from_groups(ctx, groups, body[:start])
 
 
+_MAX_DSN_RECIPIENTS = 1000
+
+
 def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str) -> Report:
     recipients: list[Recipient] = []
     human_region = _cut_returned(human)
-    for g in groups:
+    for g in groups[:_MAX_DSN_RECIPIENTS]:
         final = _clean_address(g.get("final-recipient", "")) or _clean_address(
             g.get("original-recipient", "")
         )
@@ -987,7 +990,9 @@ def _from_plain(ctx: _Context) -> Report:
     weak: list[tuple[str, int]] = []
     strong_senders: list[tuple[str, int]] = []
     seen: set[str] = set()
-    for m in _ADDR_RE.finditer(region):
+    for n, m in enumerate(_ADDR_RE.finditer(region)):
+        if n >= _MAX_CANDIDATES:
+            break
         local, domain = m.group(1), m.group(2)
         addr = _addr(local.strip(), domain)
         key = addr.lower()
@@ -996,10 +1001,10 @@ def _from_plain(ctx: _Context) -> Report:
         if not _plausible(region, m.start(), m.end()):
             continue
         seen.add(key)
-        line_start = region.rfind("\n", 0, m.start()) + 1
-        line_end = region.find("\n", m.end())
+        line_start = max(region.rfind("\n", 0, m.start()) + 1, m.start() - 200)
+        line_end = region.find("\n", m.end(), m.end() + 200)
         line = region[line_start:m.start()] + "ADDR" + region[m.end():line_end if line_end >= 0
-                                                              else len(region)]
+                                                              else m.end() + 200]
         if _STRONG_RE.search(line):
             (strong_senders if key in senders else strong).append((addr, m.start()))
         elif key not in senders:
@@ -1024,10 +1029,11 @@ def _from_plain(ctx: _Context) -> Report:
     recipients: list[Recipient] = []
     low_region = region.lower()
     occurrences: list[tuple[int, str]] = []  # every mention of every chosen address
+    chosen = chosen[:_MAX_RECIPIENTS]
     for addr, _ in chosen:
         key = addr.lower()
         at = low_region.find(key)
-        while at != -1:
+        while at != -1 and len(occurrences) < 10 * _MAX_RECIPIENTS:
             occurrences.append((at, key))
             at = low_region.find(key, at + len(key))
     occurrences.sort()
@@ -1037,7 +1043,7 @@ def _from_plain(ctx: _Context) -> Report:
             line_start = region.rfind("\n", 0, pos) + 1
             key = addr.lower()
             nxt = [p for p, a in occurrences if p > pos and a != key]
-            end = nxt[0] if nxt else len(region)
+            end = nxt[0] if nxt else min(len(region), pos + 4000)
             if nxt:
                 end = region.rfind("\n", 0, end) + 1 or end
                 end = max(end, pos + 1)
@@ -1058,6 +1064,8 @@ def _from_plain(ctx: _Context) -> Report:
     return ctx.report(_overall(recipients), tuple(recipients))
 
 
+_MAX_CANDIDATES = 500  # addresses looked at in one report
+_MAX_RECIPIENTS = 100  # recipients reported from one non-standard bounce
 _STRONG_RE = re.compile(
     r"^\W*ADDR\W*$"
     r"|^\s*[<\"'(\[]*ADDR"

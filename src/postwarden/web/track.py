@@ -94,7 +94,8 @@ class _GroupCommit:
     async def submit(self, item: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
-        if self.task is None or self.task.done():
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.task = asyncio.create_task(self._run())
         return await future
 
