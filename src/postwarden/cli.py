@@ -166,9 +166,7 @@ def send(
                 conn,
                 _account(conn, account),
                 body,
-                intake.Limits(
-                    parts.settings.max_message_bytes, parts.settings.max_broadcast_recipients
-                ),
+                intake.Limits.from_settings(parts.settings),
             )
     except (errors.PostwardenError, ValueError) as exc:
         raise _fail(getattr(exc, "message", str(exc))) from exc
@@ -348,9 +346,15 @@ def suppressions_remove(
 
 
 @app.command()
-def purge(older_than: Annotated[int, typer.Option("--older-than", min=1, metavar="DAYS",
-                                                  help="Delete messages older than DAYS days")],
-          batch_size: Annotated[int, typer.Option(min=1)] = 1000) -> None:
+def purge(
+    older_than: Annotated[
+        int,
+        typer.Option(
+            "--older-than", min=1, metavar="DAYS", help="Delete messages older than DAYS days"
+        ),
+    ],
+    batch_size: Annotated[int, typer.Option(min=1)] = 1000,
+) -> None:
     """Delete old messages with their events, attempts, bodies and attachments, in bounded
     batches (safe while the service runs); messages still queued are kept."""
     from datetime import timedelta

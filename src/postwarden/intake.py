@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from postwarden import addresses, clock, errors, schemas
 from postwarden.accounts import Account
+from postwarden.settings import Settings
 from postwarden.status import Kind, Status
 from postwarden.store import tables as t
 from postwarden.suppression import Screen
@@ -40,6 +41,14 @@ _DECISION_REASON = {
 class Limits:
     max_message_bytes: int
     max_broadcast_recipients: int
+    unsubscribe_exempt: frozenset[str] = frozenset()
+    """Categories an unsubscribe never drops (transactional mail)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.max_message_bytes, settings.max_broadcast_recipients, settings.transactional
+        )
 
 
 def _store_content(
@@ -160,7 +169,7 @@ def submit_message(
     to = addresses.check(body.to)
     files = [(a, a.data()) for a in body.attachments]
     content_id = _store_content(conn, account, body, limits, sum(len(d) for _, d in files))
-    decision = Screen(conn, account.id, [to]).decide(to, body.category)
+    decision = Screen(conn, account.id, [to], limits.unsubscribe_exempt).decide(to, body.category)
     row = _message_row(
         account,
         content_id,
@@ -261,7 +270,9 @@ def submit_broadcast(
         )
         .returning(t.broadcasts.c.id)
     )
-    screen = Screen(conn, account.id, [a for a, _, d in planned if d is None])
+    screen = Screen(
+        conn, account.id, [a for a, _, d in planned if d is None], limits.unsubscribe_exempt
+    )
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {}

@@ -76,7 +76,14 @@ def audit(
 class Screen:
     """Intake's look-up of the suppression and block lists for a set of addresses."""
 
-    def __init__(self, conn: Connection, account_id: int, candidates: Iterable[str]) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        account_id: int,
+        candidates: Iterable[str],
+        unsubscribe_exempt: frozenset[str] = frozenset(),
+    ) -> None:
+        self.unsubscribe_exempt = unsubscribe_exempt
         wanted = sorted(set(candidates))
         self.suppressed: dict[tuple[str, str], Entry] = {}
         for i in range(0, len(wanted), _CHUNK):
@@ -104,7 +111,9 @@ class Screen:
             return Status.BLOCKED, f"{address} is on the block list"
         for key in ((address, ALL_CATEGORIES), (address, category)):
             entry = self.suppressed.get(key)
-            if entry is not None:
+            if entry is not None and not (
+                entry.reason == UNSUBSCRIBE and category in self.unsubscribe_exempt
+            ):
                 scope = f" for category {entry.category!r}" if entry.category else ""
                 return Status.DROPPED, f"{address} is suppressed{scope}: {entry.reason}"
         return None

@@ -112,3 +112,25 @@ def test_unsubscribe_suppresses_one_category(
     assert _status_of_last(engine) == "dropped"
     send(engine, account, "reader@example.test", category="billing")
     assert _status_of_last(engine) == "pending"
+
+
+def test_unsubscribe_from_uncategorised_mail_spares_transactional(
+    engine: Engine, account_key: tuple[accounts.Account, str]
+) -> None:
+    account = account_key[0]
+    message_id = send(engine, account, "reader@example.test")
+    with engine.begin() as conn:
+        recorder.record(conn, [recorder.Fact(message_id, Kind.UNSUBSCRIBED, "test")], policy=POLICY)
+    limits = intake.Limits(10**7, 10**5, frozenset({"security"}))
+    with engine.begin() as conn:
+        for category, expected in (("security", "pending"), ("news", "dropped")):
+            body = schemas.MessageIn.model_validate(
+                {
+                    "from": "app@acme.test",
+                    "to": "reader@example.test",
+                    "subject": "s",
+                    "text": "t",
+                    "category": category,
+                }
+            )
+            assert intake.submit_message(conn, account, body, limits).status == expected

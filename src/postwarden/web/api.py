@@ -74,7 +74,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _limits(settings: Settings) -> intake.Limits:
-    return intake.Limits(settings.max_message_bytes, settings.max_broadcast_recipients)
+    return intake.Limits.from_settings(settings)
 
 
 def _policy(settings: Settings) -> suppression.Policy:
