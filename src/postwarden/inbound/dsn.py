@@ -13,7 +13,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.errors import MissingHeaderBodySeparatorDefect
 from email.header import decode_header
+from email.message import Message
+from email.parser import BytesParser, Parser
+from email.policy import compat32
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -112,15 +116,14 @@ def _decode_header(value: object) -> str:
     if "=?" not in text:
         return _WS_RE.sub(" ", text).strip()
     try:
-        out = []
-        for chunk, charset in decode_header(text):
-            if isinstance(chunk, bytes):
-                out.append(_bytes_to_str(chunk, charset))
-            else:
-                out.append(chunk)
-        return _WS_RE.sub(" ", "".join(out)).strip()
-    except Exception:
+        chunks = decode_header(text)
+    except (ValueError, binascii.Error):
         return _WS_RE.sub(" ", text).strip()
+    # Chunk by chunk rather than make_header(): it adds a space between an encoded word and
+    # the plain text after it ("=?utf-8?b?...?=. More" must stay "... . More"), and a chunk in
+    # an unknown or lying charset must not lose the others.
+    decoded = "".join(_bytes_to_str(c, cs) if isinstance(c, bytes) else c for c, cs in chunks)
+    return _WS_RE.sub(" ", decoded).strip()
 
 
 def _bytes_to_str(data: bytes, charset: str | None) -> str:
@@ -136,43 +139,47 @@ def _bytes_to_str(data: bytes, charset: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# A small, forgiving MIME reader. The standard library's parser is several times slower and
-# this needs only headers, content types, boundaries and transfer encodings. It never raises
-# on malformed input: what cannot be split stays text.
+# MIME: the standard library's parser (compat32 policy: the fast one, and forgiving: defects are
+# recorded, never raised). Only the parts a report needs are decoded.
 # --------------------------------------------------------------------------------------------
-_HEADER_END_RE = re.compile(rb"\r?\n[ \t]*\r?\n")
-_FIRST_HEADER_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,76}[ \t]*:")
-_PARAM_RE = re.compile(r';\s*([\w\-*.]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_PARSER = BytesParser(policy=compat32)
+_HEADER_PARSER = Parser(policy=compat32)
 _MAX_DEPTH = 12
+_MAX_BYTES = 65536
+_MAX_PARTS = 200  # MIME parts looked at in one mail
+_MAX_TEXT = 200_000  # characters of one text part kept for scanning
+_DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+_RETURNED_TYPES = frozenset({"message/rfc822", "message/global"})
+_HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/global-headers",
+                            "message/rfc822-headers"})
+
+Block = list[tuple[str, str]]
 
 
-class _Part:
-    """One MIME entity: headers (lowercased names, in order), content type, decoded payload,
-    and children for multipart/* and message/rfc822."""
+def _header_text(value: object) -> str:
+    """A raw header value as text: 8-bit bytes (kept by the parser as surrogate escapes) read as
+    UTF-8, folding undone."""
+    text = value if isinstance(value, str) else str(value)
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if "\n" in text:
+        text = _WS_RE.sub(" ", text)
+    return text.strip()
 
-    __slots__ = ("_body", "children", "ctype", "headers", "params", "raw")
 
-    def __init__(self, raw: bytes, depth: int = 0, default_type: str = "text/plain") -> None:
-        self.raw = raw
-        head, body = _split_head(raw)
-        self.headers = _parse_header_block(head)
-        ctype_value = self.get("content-type") or default_type
-        main, _, rest = ctype_value.partition(";")
-        self.ctype = main.strip().lower() or default_type
-        if "/" not in self.ctype:
-            self.ctype = default_type
-        self.params = {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(";" + rest)}
-        self._body = body
-        self.children: list[_Part] = []
-        if depth >= _MAX_DEPTH:
-            return
-        if self.ctype.startswith("multipart/"):
-            self.children = _split_multipart(body, self.params.get("boundary", ""), depth,
-                                             self.ctype)
-        elif self.ctype in ("message/rfc822", "message/global"):
-            inner = self.payload()
-            if inner.strip():
-                self.children = [_Part(inner.lstrip(b"\r\n"), depth + 1)]
+def _items(message: Message) -> Block:
+    """The header fields of a message, in order: (lowercased name, text value)."""
+    return [(str(k).strip().lower(), _header_text(v)) for k, v in message.raw_items()]
+
+
+class _Msg:
+    """Header access over one parsed message, with plain-text values."""
+
+    __slots__ = ("headers", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.headers = _items(message)
 
     def get(self, name: str, default: str = "") -> str:
         name = name.lower()
@@ -189,87 +196,81 @@ class _Part:
         name = name.lower()
         return [value for key, value in self.headers if key == name]
 
-    def payload(self) -> bytes:
-        cte = self.get("content-transfer-encoding").strip().lower()
-        body = self._body
-        try:
-            if cte == "base64":
-                return binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/=]", b"", body) + b"==")
-            if cte == "quoted-printable":
-                return binascii.a2b_qp(body)
-        except (binascii.Error, ValueError):
-            pass
-        return body
 
-    def text(self) -> str:
-        return _bytes_to_str(self.payload(), self.params.get("charset"))
+def _part_text(part: Message) -> str:
+    """The decoded body of a leaf part as text (transfer encoding and charset undone)."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return ""
+    text = _bytes_to_str(data[: _MAX_TEXT * 2], part.get_content_charset())
+    return text[:_MAX_TEXT]
 
 
-def _split_head(raw: bytes) -> tuple[bytes, bytes]:
-    if raw.startswith(b"\r\n"):
-        return b"", raw[2:]
-    if raw.startswith(b"\n"):
-        return b"", raw[1:]
-    if not _FIRST_HEADER_RE.match(raw):
-        return b"", raw
-    lf = raw.find(b"\n\n")
-    crlf = raw.find(b"\r\n\r\n")
-    if crlf != -1 and (lf == -1 or crlf < lf):
-        return raw[:crlf], raw[crlf + 4:]
-    if lf != -1:
-        return raw[:lf], raw[lf + 2:]
-    m = _HEADER_END_RE.search(raw)  # blank line holding spaces, or none at all
+def _body_blocks(message: Message) -> list[Block]:
+    """Field blocks of a message/* part the parser has read as header blocks (delivery-status,
+    feedback-report): each sub-message's fields, then any lines the parser left in its body
+    (fields after a malformed line, or the later groups of a global-delivery-status)."""
+    blocks: list[Block] = []
+    payload = message.get_payload()
+    if isinstance(payload, str):
+        return _field_blocks(_bytes_to_str(_raw_payload(message), None))
+    for sub in payload:
+        if not isinstance(sub, Message):
+            continue
+        block = _items(sub)
+        rest = sub.get_payload()
+        more = _field_blocks(_header_text_block(rest)) if isinstance(rest, str) else []
+        if more and rest[:1] not in ("\r", "\n"):  # the parser stopped inside this block
+            block.extend(more.pop(0))
+        if block:
+            blocks.append(block)
+        blocks.extend(more)
+    return blocks
+
+
+def _header_text_block(text: str) -> str:
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+def _raw_payload(part: Message) -> bytes:
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _encoded_inner(part: Message) -> Message | None:
+    """A message/* part sent with base64 or quoted-printable (not allowed, but seen): the
+    parser read the encoded text as a message; decode it and parse again."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    text = inner.get_payload() if isinstance(inner, Message) else payload
+    if not isinstance(text, str):
+        return None
+    data = text.encode("ascii", "surrogateescape")
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    try:
+        if cte == "base64":
+            data = binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"==")
+        else:
+            data = binascii.a2b_qp(data)
+    except (binascii.Error, ValueError):
+        return None
+    return _PARSER.parsebytes(data.lstrip(b"\r\n"))
+
+
+def _unsplit_multipart(part: Message) -> list[Message]:
+    """A multipart whose declared boundary is missing or absent from the body: split it at the
+    delimiter lines actually present."""
+    body = _raw_payload(part)
+    m = _BOUNDARY_LINE_RE.search(body)
     if not m:
-        return raw, b""
-    return raw[: m.start()], raw[m.end():]
-
-
-def _parse_header_block(head: bytes) -> list[tuple[str, str]]:
-    if not head:
         return []
-    text = head.decode("utf-8", "replace")
-    out: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        if line[0] in " \t":
-            if out:
-                name, value = out[-1]
-                out[-1] = (name, f"{value} {line.strip()}")
-            continue
-        name, sep, value = line.partition(":")
-        if sep and name and len(name) < 80 and " " not in name.strip():
-            out.append((name.strip().lower(), value.strip()))
-    return out
-
-
-def _split_multipart(body: bytes, boundary: str, depth: int, ctype: str) -> list[_Part]:
-    bnd = boundary.encode("utf-8", "replace") if boundary else b""
-    if not bnd or b"--" + bnd not in body:
-        m = _BOUNDARY_LINE_RE.search(body)  # declared boundary absent: use the one present
-        if not m:
-            return []
-        bnd = m.group(1)
-    # Delimiter lines: "--boundary" or "--boundary--" alone on a line (trailing blanks allowed).
-    marker = b"--" + bnd
-    delims: list[tuple[int, int, bool]] = []  # (line start, next line start, closing)
-    idx = body.find(marker)
-    while idx != -1:
-        if idx == 0 or body[idx - 1] == 10:
-            eol = body.find(b"\n", idx)
-            stop = eol if eol != -1 else len(body)
-            rest = body[idx + len(marker):stop].rstrip(b"\r \t")
-            if rest in (b"", b"--"):
-                delims.append((idx, stop + 1, rest == b"--"))
-        idx = body.find(marker, idx + len(marker))
-    parts: list[_Part] = []
-    default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-    for i, (_, begin, closing) in enumerate(delims):
-        if closing:
-            break
-        end = delims[i + 1][0] if i + 1 < len(delims) else len(body)
-        parts.append(_Part(body[begin:end], depth + 1, default))
-    return parts
+    bnd = m.group(1).replace(b'"', b"")
+    head = b'Content-Type: multipart/mixed; boundary="' + bnd + b'"\n\n'
+    outer = _PARSER.parsebytes(head + body)
+    payload = outer.get_payload()
+    return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
 _BOUNDARY_LINE_RE = re.compile(rb"(?m)^--([^\s]{1,200}?)(?:--)?[ \t]*\r?$")
@@ -330,11 +331,16 @@ _RCPT_FIELDS = frozenset(
 
 
 def _recipient_groups(text: str) -> list[dict[str, str]]:
-    """Per-recipient field groups of a message/delivery-status body (tolerates missing blank
-    lines between groups)."""
+    """Per-recipient field groups of a delivery-status given as text."""
+    return _groups_from_blocks(_field_blocks(text))
+
+
+def _groups_from_blocks(blocks: list[Block]) -> list[dict[str, str]]:
+    """Per-recipient field groups from the field blocks of a delivery-status (tolerates missing
+    blank lines between groups: a repeated field starts the next group)."""
     groups: list[dict[str, str]] = []
     current: dict[str, str] = {}
-    for block in _field_blocks(text):
+    for block in blocks:
         if current.get("final-recipient") or current.get("original-recipient"):
             groups.append(current)
         current = {}
@@ -376,8 +382,7 @@ def _headers_from_text(text: str) -> dict[str, str]:
     if start is None:
         return {}
     chunk = "\n".join(lines[start:start + 400])
-    head, _ = _split_head(chunk.encode("utf-8", "replace"))
-    return {k: _decode_header(v) for k, v in reversed(_parse_header_block(head))}
+    return _header_map(_HEADER_PARSER.parsestr(chunk, headersonly=True))
 
 
 _HEADER_LINE_RE = re.compile(
@@ -387,11 +392,21 @@ _HEADER_LINE_RE = re.compile(
 )
 
 
-def _header_map(part: _Part) -> dict[str, str]:
+def _header_map(message: Message) -> dict[str, str]:
+    """Decoded headers of a (returned) message, first occurrence of each name. Where the parser
+    stopped at a line that is not a header (a folded line that lost its indentation, common in
+    returned copies), the "Name: value" lines up to the blank line are read as well."""
     out: dict[str, str] = {}
-    for key, value in part.headers:
+    for key, value in _items(message):
         if key not in out:
             out[key] = _decode_header(value)
+    if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in message.defects):
+        rest = message.get_payload()
+        if isinstance(rest, str):
+            blocks = _field_blocks(_header_text_block(rest[:20_000]))
+            for key, value in blocks[0] if blocks else ():
+                if key not in out:
+                    out[key] = _decode_header(value)
     return out
 
 
@@ -410,38 +425,68 @@ def _message_id(value: str | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Parts:
-    delivery_status: list[str] = field(default_factory=list)
-    feedback: list[str] = field(default_factory=list)
+    delivery_status: list[Block] = field(default_factory=list)
+    feedback: list[Block] = field(default_factory=list)
     returned: list[dict[str, str]] = field(default_factory=list)
-    returned_msgs: list[_Part] = field(default_factory=list)
+    returned_msgs: list[Message] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     htmls: list[str] = field(default_factory=list)
+    seen: int = 0
 
 
-def _walk(part: _Part, parts: _Parts) -> None:
-    ctype = part.ctype
-    if ctype.startswith("multipart/"):
-        if part.children:
-            for sub in part.children:
-                _walk(sub, parts)
+def _walk(part: Message, parts: _Parts, depth: int = 0) -> None:
+    parts.seen += 1
+    if parts.seen > _MAX_PARTS or depth > _MAX_DEPTH:
+        return
+    ctype = part.get_content_type()
+    maintype = ctype.partition("/")[0]
+    if maintype == "multipart":
+        payload = part.get_payload()
+        subs = payload if isinstance(payload, list) else _unsplit_multipart(part)
+        if subs:
+            for sub in subs:
+                if isinstance(sub, Message):
+                    _walk(sub, parts, depth + 1)
         else:  # multipart without a usable boundary: keep it as text
-            parts.texts.append(part.text())
+            parts.texts.append(_part_text(part))
         return
-    if ctype in ("message/rfc822", "message/global"):
-        for sub in part.children:
-            parts.returned.append(_header_map(sub))
-            parts.returned_msgs.append(sub)
+    if ctype in _RETURNED_TYPES:
+        inner: Message | None = None
+        if str(part.get("Content-Transfer-Encoding", "")).strip().lower() in (
+            "base64", "quoted-printable"
+        ):
+            inner = _encoded_inner(part)
+        else:
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                inner = payload[0]
+                body = inner.get_payload()
+                if not inner.keys() and isinstance(body, str) and body.strip():
+                    # blank lines before the returned message's headers: parse it again
+                    data = body.lstrip("\r\n").encode("ascii", "surrogateescape")
+                    inner = _PARSER.parsebytes(data)
+        if inner is not None and (inner.keys() or inner.get_payload()):
+            parts.returned.append(_header_map(inner))
+            parts.returned_msgs.append(inner)
         return
-    if ctype in ("message/delivery-status", "message/global-delivery-status"):
-        parts.delivery_status.append(part.text())
+    if ctype in _DSN_TYPES:
+        parts.delivery_status.extend(_body_blocks(part))
     elif ctype == "message/feedback-report":
-        parts.feedback.append(part.text())
-    elif ctype in ("text/rfc822-headers", "text/global-headers", "message/rfc822-headers"):
-        parts.returned.append(_headers_from_text(part.text()))
+        parts.feedback.extend(_body_blocks(part))
+    elif ctype in _HEADERS_TYPES:
+        text = _part_text(part) if not part.is_multipart() else ""
+        if not text and part.is_multipart():  # message/rfc822-headers read as a message
+            payload = part.get_payload()
+            if payload and isinstance(payload[0], Message):
+                parts.returned.append(_header_map(payload[0]))
+            return
+        parts.returned.append(_headers_from_text(text))
+    elif part.is_multipart():
+        return  # another message/* type: nothing to read
     elif ctype == "text/html":
-        parts.htmls.append(part.text())
-    elif ctype.startswith("text/") or ctype == "application/json":
-        parts.texts.append(part.text())
+        parts.htmls.append(_part_text(part))
+    elif maintype == "text" or ctype == "application/json":
+        parts.texts.append(_part_text(part))
 
 
 _TAG_RE = re.compile(r"<(?:br|p|div|tr|li|/p|/div|/tr|/li|/h\d)[^>]*>", re.I)
@@ -512,10 +557,20 @@ def _parse(raw: bytes, depth: int = 0) -> Report:
     if raw.startswith(b"From "):
         nl = raw.find(b"\n")
         raw = raw[nl + 1:] if nl >= 0 else b""
-    msg = _Part(raw)
+    if len(raw) > _MAX_BYTES:
+        raw = raw[: raw.rfind(b"\n", 0, _MAX_BYTES) + 1 or _MAX_BYTES]
+    if len(raw) > _MAX_BYTES:
+        raw = raw[: raw.rfind(b"\n", 0, _MAX_BYTES) + 1 or _MAX_BYTES]
+    if len(raw) > _MAX_BYTES:
+        raw = raw[: raw.rfind(b"\n", 0, _MAX_BYTES) + 1 or _MAX_BYTES]
+    return _parse_message(_PARSER.parsebytes(raw), depth)
+
+
+def _parse_message(message: Message, depth: int = 0) -> Report:
+    msg = _Msg(message)
     subject = _decode_header(msg.get("Subject"))
     parts = _Parts()
-    _walk(msg, parts)
+    _walk(message, parts)
     returned = _merge_returned(parts.returned)
     ctx = _Context(msg, subject, parts, returned)
 
@@ -553,10 +608,10 @@ def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
     if depth > 2:
         return None
     for sub in ctx.parts.returned_msgs:
-        sender = sub.get("From")
-        if sub.ctype == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
+        sender = _header_text(sub.get("From", ""))
+        if sub.get_content_type() == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
             try:
-                report = _parse(sub.raw, depth + 1)
+                report = _parse_message(sub, depth + 1)
             except Exception:
                 continue
             if report.recipients and report.kind != Kind.AUTOREPLY:
@@ -566,7 +621,7 @@ def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
 
 @dataclass(slots=True)
 class _Context:
-    msg: _Part
+    msg: _Msg
     subject: str
     parts: _Parts
     returned: dict[str, str]
@@ -598,10 +653,9 @@ def _merge_returned(blocks: list[dict[str, str]]) -> dict[str, str]:
 # ---- ARF complaints --------------------------------------------------------------------------
 def _complaint(ctx: _Context) -> Report:
     fields: dict[str, str] = {}
-    for text in ctx.parts.feedback:
-        for block in _field_blocks(text):
-            for name, value in block:
-                fields.setdefault(name, value)
+    for block in ctx.parts.feedback:
+        for name, value in block:
+            fields.setdefault(name, value)
     rcpt = _clean_address(fields.get("original-rcpt-to", "")) or _clean_address(
         ctx.returned.get("x-hmxmroriginalrecipient", "")
     )
@@ -646,8 +700,7 @@ _DIAG_PREFIX_RE = re.compile(r"^\s*(?:smtp|x-[\w\-]+|x400|unix|mail)\s*;\s*", re
 
 def _from_dsn(ctx: _Context) -> Report | None:
     groups: list[dict[str, str]] = []
-    for text in ctx.parts.delivery_status:
-        groups.extend(_recipient_groups(text))
+    groups.extend(_groups_from_blocks(ctx.parts.delivery_status))
     if not groups:
         return None
     human = "\n".join(ctx.parts.texts) or "\n".join(_html_to_text(h) for h in ctx.parts.htmls)
