@@ -381,7 +381,12 @@ def _headers_from_text(text: str) -> dict[str, str]:
             break
     if start is None:
         return {}
-    chunk = "\n".join(lines[start:start + 400])
+    chunk_lines = []
+    for line in lines[start:start + 400]:
+        if not line.strip():
+            break  # the end of the header block: the body is not needed
+        chunk_lines.append(line)
+    chunk = "\n".join(chunk_lines)
     return _header_map(_HEADER_PARSER.parsestr(chunk, headersonly=True))
 
 
@@ -399,7 +404,7 @@ def _header_map(message: Message) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in _items(message):
         if key not in out:
-            out[key] = _decode_header(value)
+            out[key] = _decode_header(value) if "=?" in value else value
     if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in message.defects):
         rest = message.get_payload()
         if isinstance(rest, str):
