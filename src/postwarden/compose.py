@@ -83,8 +83,7 @@ def _body(content: Content, attachments: Sequence[Attachment]) -> EmailMessage:
 class Composer:
     """Encodes bodies once per content and stamps per-recipient headers on them."""
 
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
+    def __init__(self) -> None:
         self._common: dict[int, tuple[bytes, bytes]] = {}
 
     def _common_parts(self, content_id: int, content: Content) -> tuple[bytes, bytes]:

@@ -54,7 +54,7 @@ class Dispatcher:
         self.secret = secret
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.policy = suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
-        self.composer = compose.Composer(settings.helo_name)
+        self.composer = compose.Composer()
         self._contents: dict[int, compose.Content] = {}
         self._bounce_domains: dict[int, str] = {}
         self.wake = asyncio.Event()

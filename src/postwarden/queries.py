@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -46,7 +46,6 @@ class LogFilter:
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encode_cursor(last_id: int) -> str:
@@ -329,8 +328,7 @@ def broadcast_detail(conn: Connection, account_id: int, broadcast_id: int) -> di
             select(m.c.status, func.count())
             .where(m.c.broadcast_id == broadcast_id)
             .group_by(m.c.status)
-        )
-        .all()
+        ).all()
     )
     return item
 
@@ -417,8 +415,7 @@ def recent_broadcasts(conn: Connection, account_id: int, limit: int = 5) -> list
                 select(m.c.status, func.count())
                 .where(m.c.broadcast_id == item["id"])
                 .group_by(m.c.status)
-            )
-            .all()
+            ).all()
         )
     return items
 

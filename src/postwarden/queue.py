@@ -76,16 +76,6 @@ def claim_batch(
     return [Claimed(*row) for row in rows]
 
 
-def next_due(conn: Connection) -> datetime | None:
-    """When the next message becomes due (the dispatcher sleeps until then, or a poll)."""
-    return conn.scalar(
-        select(m.c.next_attempt_at)
-        .where(m.c.status.in_(CLAIMABLE), m.c.next_attempt_at.is_not(None))
-        .order_by(m.c.next_attempt_at)
-        .limit(1)
-    )
-
-
 def release(conn: Connection, owner: str, ids: list[int], now: datetime) -> None:
     """Give back claimed messages untouched (shutting down before sending them): the attempt
     counted by the claim did not happen. They stay ``sending`` (claimable) and due now."""

@@ -104,7 +104,3 @@ class Settings(BaseSettings):
     @property
     def transactional(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.transactional_categories.split(",") if c.strip())
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")

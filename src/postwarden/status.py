@@ -174,7 +174,3 @@ def fold(kinds: Iterable[Kind], start: State | None = None) -> State:
     for kind in kinds:
         state = apply(state, kind)
     return state
-
-
-def is_undelivered(status: Status) -> bool:
-    return status in UNDELIVERED
