@@ -245,68 +245,158 @@ def describe(reason: str) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------
 # 1. Decisive enhanced codes: their meaning is specific, wording does not override them.
 _DECISIVE_STATUS: dict[str, str] = {
-    "5.1.6": "hasmoved", "4.1.6": "hasmoved", "5.7.17": "hasmoved", "5.7.18": "hasmoved",
-    "5.2.2": "mailboxfull", "4.2.2": "mailboxfull",
-    "5.2.3": "exceedlimit", "4.2.3": "exceedlimit",
-    "5.3.4": "mesgtoobig", "5.7.16": "mesgtoobig", "4.7.16": "mesgtoobig",
+    "5.1.6": "hasmoved",
+    "4.1.6": "hasmoved",
+    "5.7.17": "hasmoved",
+    "5.7.18": "hasmoved",
+    "5.2.2": "mailboxfull",
+    "4.2.2": "mailboxfull",
+    "5.2.3": "exceedlimit",
+    "4.2.3": "exceedlimit",
+    "5.3.4": "mesgtoobig",
+    "5.7.16": "mesgtoobig",
+    "4.7.16": "mesgtoobig",
     "5.7.13": "suspend",
-    "5.7.20": "authfailure", "5.7.21": "authfailure", "5.7.22": "authfailure",
-    "5.7.23": "authfailure", "5.7.24": "authfailure", "5.7.26": "authfailure",
-    "4.7.24": "authfailure", "4.7.26": "authfailure", "5.7.29": "authfailure",
-    "5.7.25": "requireptr", "4.7.25": "requireptr",
+    "5.7.20": "authfailure",
+    "5.7.21": "authfailure",
+    "5.7.22": "authfailure",
+    "5.7.23": "authfailure",
+    "5.7.24": "authfailure",
+    "5.7.26": "authfailure",
+    "4.7.24": "authfailure",
+    "4.7.26": "authfailure",
+    "5.7.29": "authfailure",
+    "5.7.25": "requireptr",
+    "4.7.25": "requireptr",
     "5.7.28": "spamdetected",
     "5.7.30": "failedstarttls",
     "5.7.27": "notaccept",
-    "4.3.1": "systemfull", "5.3.1": "systemfull", "4.4.5": "systemfull",
-    "5.1.7": "rejected", "5.1.8": "rejected", "4.1.7": "rejected", "4.1.8": "rejected",
+    "4.3.1": "systemfull",
+    "5.3.1": "systemfull",
+    "4.4.5": "systemfull",
+    "5.1.7": "rejected",
+    "5.1.8": "rejected",
+    "4.1.7": "rejected",
+    "4.1.8": "rejected",
 }
 
 # 3. Other enhanced codes (RFC 3463, RFC 5248 registry), used when no phrase matched.
 _STATUS_REASON: dict[str, str] = {
-    "4.1.7": "rejected", "4.1.8": "rejected", "4.1.9": "systemerror",
-    "4.2.1": "blocked", "4.2.4": "filtered",
-    "4.3.1": "systemfull", "4.3.2": "notaccept", "4.3.3": "systemerror", "4.3.5": "systemerror",
-    "4.4.1": "expired", "4.4.2": "networkerror", "4.4.3": "systemerror",
-    "4.4.4": "networkerror", "4.4.5": "systemfull", "4.4.6": "networkerror",
-    "4.4.7": "expired", "4.4.8": "networkerror",
-    "4.5.3": "systemerror", "4.5.5": "systemerror",
-    "4.6.0": "contenterror", "4.6.2": "contenterror", "4.6.5": "contenterror",
-    "4.7.1": "blocked", "4.7.2": "blocked",
-    "4.7.5": "securityerror", "4.7.6": "securityerror", "4.7.7": "securityerror",
-    "4.7.12": "securityerror", "4.7.15": "securityerror",
-    "5.1.0": "userunknown", "5.1.1": "userunknown", "5.1.2": "hostunknown",
-    "5.1.3": "userunknown", "5.1.4": "filtered", "5.1.7": "rejected", "5.1.8": "rejected",
-    "5.1.9": "systemerror", "5.1.10": "userunknown",
-    "5.2.0": "filtered", "5.2.1": "filtered", "5.2.4": "filtered",
-    "5.3.0": "systemerror", "5.3.1": "systemfull", "5.3.2": "notaccept",
-    "5.3.3": "systemerror", "5.3.5": "systemerror",
-    "5.4.0": "networkerror", "5.4.1": "userunknown", "5.4.3": "systemerror",
-    "5.4.4": "hostunknown", "5.4.6": "networkerror", "5.4.7": "expired",
-    "5.5.2": "syntaxerror", "5.5.3": "toomanyconn", "5.5.4": "systemerror",
-    "5.5.5": "systemerror", "5.5.6": "syntaxerror",
-    "5.6.0": "contenterror", "5.6.1": "contenterror", "5.6.2": "contenterror",
-    "5.6.3": "contenterror", "5.6.5": "contenterror", "5.6.6": "contenterror",
-    "5.6.7": "contenterror", "5.6.8": "contenterror", "5.6.9": "contenterror",
-    "5.7.0": "securityerror", "5.7.1": "securityerror", "5.7.2": "securityerror",
-    "5.7.3": "securityerror", "5.7.4": "securityerror", "5.7.5": "securityerror",
-    "5.7.6": "securityerror", "5.7.7": "securityerror", "5.7.8": "securityerror",
-    "5.7.9": "securityerror", "5.7.10": "securityerror", "5.7.11": "securityerror",
-    "5.7.14": "securityerror", "5.7.15": "securityerror", "5.7.19": "securityerror",
+    "4.1.7": "rejected",
+    "4.1.8": "rejected",
+    "4.1.9": "systemerror",
+    "4.2.1": "blocked",
+    "4.2.4": "filtered",
+    "4.3.1": "systemfull",
+    "4.3.2": "notaccept",
+    "4.3.3": "systemerror",
+    "4.3.5": "systemerror",
+    "4.4.1": "expired",
+    "4.4.2": "networkerror",
+    "4.4.3": "systemerror",
+    "4.4.4": "networkerror",
+    "4.4.5": "systemfull",
+    "4.4.6": "networkerror",
+    "4.4.7": "expired",
+    "4.4.8": "networkerror",
+    "4.5.3": "systemerror",
+    "4.5.5": "systemerror",
+    "4.6.0": "contenterror",
+    "4.6.2": "contenterror",
+    "4.6.5": "contenterror",
+    "4.7.1": "blocked",
+    "4.7.2": "blocked",
+    "4.7.5": "securityerror",
+    "4.7.6": "securityerror",
+    "4.7.7": "securityerror",
+    "4.7.12": "securityerror",
+    "4.7.15": "securityerror",
+    "5.1.0": "userunknown",
+    "5.1.1": "userunknown",
+    "5.1.2": "hostunknown",
+    "5.1.3": "userunknown",
+    "5.1.4": "filtered",
+    "5.1.7": "rejected",
+    "5.1.8": "rejected",
+    "5.1.9": "systemerror",
+    "5.1.10": "userunknown",
+    "5.2.0": "filtered",
+    "5.2.1": "filtered",
+    "5.2.4": "filtered",
+    "5.3.0": "systemerror",
+    "5.3.1": "systemfull",
+    "5.3.2": "notaccept",
+    "5.3.3": "systemerror",
+    "5.3.5": "systemerror",
+    "5.4.0": "networkerror",
+    "5.4.1": "userunknown",
+    "5.4.3": "systemerror",
+    "5.4.4": "hostunknown",
+    "5.4.6": "networkerror",
+    "5.4.7": "expired",
+    "5.5.2": "syntaxerror",
+    "5.5.3": "toomanyconn",
+    "5.5.4": "systemerror",
+    "5.5.5": "systemerror",
+    "5.5.6": "syntaxerror",
+    "5.6.0": "contenterror",
+    "5.6.1": "contenterror",
+    "5.6.2": "contenterror",
+    "5.6.3": "contenterror",
+    "5.6.5": "contenterror",
+    "5.6.6": "contenterror",
+    "5.6.7": "contenterror",
+    "5.6.8": "contenterror",
+    "5.6.9": "contenterror",
+    "5.7.0": "securityerror",
+    "5.7.1": "securityerror",
+    "5.7.2": "securityerror",
+    "5.7.3": "securityerror",
+    "5.7.4": "securityerror",
+    "5.7.5": "securityerror",
+    "5.7.6": "securityerror",
+    "5.7.7": "securityerror",
+    "5.7.8": "securityerror",
+    "5.7.9": "securityerror",
+    "5.7.10": "securityerror",
+    "5.7.11": "securityerror",
+    "5.7.14": "securityerror",
+    "5.7.15": "securityerror",
+    "5.7.19": "securityerror",
     # Microsoft 365 specific detail codes
-    "5.7.509": "authfailure", "5.7.510": "securityerror", "5.7.511": "blocked",
-    "5.7.606": "blocked", "5.7.607": "blocked", "5.7.608": "blocked",
-    "4.7.650": "badreputation", "4.7.651": "badreputation", "4.7.652": "badreputation",
-    "5.1.351": "userunknown", "5.4.312": "networkerror", "5.4.316": "networkerror",
-    "5.7.708": "badreputation", "5.7.750": "blocked",
+    "5.7.509": "authfailure",
+    "5.7.510": "securityerror",
+    "5.7.511": "blocked",
+    "5.7.606": "blocked",
+    "5.7.607": "blocked",
+    "5.7.608": "blocked",
+    "4.7.650": "badreputation",
+    "4.7.651": "badreputation",
+    "4.7.652": "badreputation",
+    "5.1.351": "userunknown",
+    "5.4.312": "networkerror",
+    "5.4.316": "networkerror",
+    "5.7.708": "badreputation",
+    "5.7.750": "blocked",
 }
 
 # 4. Bare SMTP reply codes (RFC 5321) when there is no enhanced code and no phrase matched.
 _REPLY_REASON: dict[int, str] = {
-    421: "blocked", 452: "systemfull",
-    521: "notaccept", 556: "notaccept", 525: "suspend",
-    500: "syntaxerror", 501: "syntaxerror", 502: "syntaxerror", 503: "syntaxerror",
+    421: "blocked",
+    452: "systemfull",
+    521: "notaccept",
+    556: "notaccept",
+    525: "suspend",
+    500: "syntaxerror",
+    501: "syntaxerror",
+    502: "syntaxerror",
+    503: "syntaxerror",
     504: "syntaxerror",
-    550: "onhold", 551: "hasmoved", 552: "mailboxfull", 553: "userunknown", 554: "onhold",
+    550: "onhold",
+    551: "hasmoved",
+    552: "mailboxfull",
+    553: "userunknown",
+    554: "onhold",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -315,361 +405,486 @@ _REPLY_REASON: dict[int, str] = {
 # --------------------------------------------------------------------------------------------
 _TEXT_RULES: list[tuple[str, list[str]]] = [
     # ---- the local delivery program failed (pipe, procmail, ...) ------------------------
-    ("mailererror", [
-        r"procmail: |maildrop: |mail\.local: |command died with status|pipe to \|",
-        r"unknown mailer error|mailer error",
-    ]),
+    (
+        "mailererror",
+        [
+            r"procmail: |maildrop: |mail\.local: |command died with status|pipe to \|",
+            r"unknown mailer error|mailer error",
+        ],
+    ),
     # ---- mailbox full ---------------------------------------------------------------------
-    ("mailboxfull", [
-        r"mailbox (?:is )?full|full mailbox|mailbox (?:size )?limit exceeded",
-        r"mail ?(?:box|folder|drop) (?:is |has )?(?:full|over ?quota|exceeded)",
-        r"over ?quota|overquota|quota (?:is )?(?:exceeded|full|violation)",
-        r"exceed(?:s|ed)? (?:the |their |his |her |its |your )?(?:storage|disk|mailbox)? ?quota",
-        r"email quota exceeded|mailbox quota|maildir quota|disk quota|quota for",
-        r"exceeded (?:their |the )?storage allocation",
-        r"mailbox (?:would )?exceed(?:s|ed)? (?:the )?(?:maximum |allowed )",
-        r"out of storage space|insufficient (?:disk|storage) space|not (?:sufficient|enough) disk",
-        r"no space left on device|user'?s space has been used up",
-        r"user has too many messages on the server|too much mail data",
-        r"boite du destinataire pleine|mailbox is over its size",
-        r"account is (?:over|full|out of)|mailbox has exceeded",
-        r"exceeded the (?:size|storage) limit|has exceeded (?:his|her|their) (?:storage|quota)",
-        r"receiving limits",
-    ]),
+    (
+        "mailboxfull",
+        [
+            r"mailbox (?:is )?full|full mailbox|mailbox (?:size )?limit exceeded",
+            r"mail ?(?:box|folder|drop) (?:is |has )?(?:full|over ?quota|exceeded)",
+            r"over ?quota|overquota|quota (?:is )?(?:exceeded|full|violation)",
+            r"exceed(?:s|ed)? (?:the |their |his |her |its "
+            r"|your )?(?:storage|disk|mailbox)? ?quota",
+            r"email quota exceeded|mailbox quota|maildir quota|disk quota|quota for",
+            r"exceeded (?:their |the )?storage allocation",
+            r"mailbox (?:would )?exceed(?:s|ed)? (?:the )?(?:maximum |allowed )",
+            r"out of storage space|insufficient (?:disk|storage) space",
+            r"not (?:sufficient|enough) disk",
+            r"no space left on device|user'?s space has been used up",
+            r"user has too many messages on the server|too much mail data",
+            r"boite du destinataire pleine|mailbox is over its size",
+            r"account is (?:over|full|out of)|mailbox has exceeded",
+            r"exceeded the (?:size|storage) limit|has exceeded (?:his|her|their) (?:storage|quota)",
+            r"receiving limits",
+        ],
+    ),
     # ---- message size ---------------------------------------------------------------------
-    ("exceedlimit", [
-        r"message length exceeds administrative limit",
-        r"exceeds? (?:the )?(?:per-?)?mailbox (?:size )?limit",
-    ]),
-    ("mesgtoobig", [
-        r"message (?:file )?too (?:big|large)|mail too large|size exceeds|exceeds? size limit",
-        r"exceeded (?:the )?maximum (?:inbound |incoming )?message size",
-        r"message size exceeds|max(?:imum)? message size exceeded|size limit",
-        r"line limit exceeded|taille limite du message atteinte",
-        r"message is larger than|too large for (?:this|the) ",
-    ]),
+    (
+        "exceedlimit",
+        [
+            r"message length exceeds administrative limit",
+            r"exceeds? (?:the )?(?:per-?)?mailbox (?:size )?limit",
+        ],
+    ),
+    (
+        "mesgtoobig",
+        [
+            r"message (?:file )?too (?:big|large)|mail too large|size exceeds|exceeds? size limit",
+            r"exceeded (?:the )?maximum (?:inbound |incoming )?message size",
+            r"message size exceeds|max(?:imum)? message size exceeded|size limit",
+            r"line limit exceeded|taille limite du message atteinte",
+            r"message is larger than|too large for (?:this|the) ",
+        ],
+    ),
     # ---- moved ----------------------------------------------------------------------------
-    ("hasmoved", [
-        r" has been replaced by ", r"mailbox has moved", r"address has moved",
-    ]),
+    (
+        "hasmoved",
+        [
+            r" has been replaced by ",
+            r"mailbox has moved",
+            r"address has moved",
+        ],
+    ),
     # ---- suspended / disabled ---------------------------------------------------------------
-    ("suspend", [
-        r"(?<!delivery )(?:is|has been|currently|temporarily) (?:suspended|disabled|deactivated|"
-        r"frozen|locked)",
-        r"recipient account is blocked|compte du destinataire est bloque",
-        r"account (?:has been |is )?(?:disabled|suspended|inactive|locked|deactivated|expired)",
-        r"mailbox (?:is )?(?:disabled|suspended|inactive|frozen|currently suspended)",
-        r"inactive (?:account|user|mailbox)|invalid/inactive user|user (?:is )?suspended",
-        r"email account that you tried to reach is (?:disabled|inactive)",
-        r"archived recipient|boite du destinataire archivee|is a deactivated mailbox",
-        r"user is terminated|recipient suspend the service|temporarily inactive",
-        r"this account has been disabled or discontinued|user or domain is disabled",
-        r"mailbox unavailable or access denied|account is locked|temporary locked",
-        r"this address no longer accepts mail",
-    ]),
+    (
+        "suspend",
+        [
+            r"(?<!delivery )(?:is|has been|currently|temporarily) "
+            r"(?:suspended|disabled|deactivated|"
+            r"frozen|locked)",
+            r"recipient account is blocked|compte du destinataire est bloque",
+            r"account (?:has been |is )?(?:disabled|suspended|inactive|locked|deactivated|expired)",
+            r"mailbox (?:is )?(?:disabled|suspended|inactive|frozen|currently suspended)",
+            r"inactive (?:account|user|mailbox)|invalid/inactive user|user (?:is )?suspended",
+            r"email account that you tried to reach is (?:disabled|inactive)",
+            r"archived recipient|boite du destinataire archivee|is a deactivated mailbox",
+            r"user is terminated|recipient suspend the service|temporarily inactive",
+            r"this account has been disabled or discontinued|user or domain is disabled",
+            r"mailbox unavailable or access denied|account is locked|temporary locked",
+            r"this address no longer accepts mail",
+        ],
+    ),
     # ---- relaying -------------------------------------------------------------------------
-    ("norelaying", [
-        r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)",
-        r"unable to relay|we do not relay|no relaying|not allowed to relay",
-        r"not permitted to relay|as a relay|not an open relay|relaying mail to ",
-        r"email address is not verified",
-        r"this system is not configured to relay|not a gateway|we don't handle mail for",
-        r"that domain isn't in my list of allowed rcpthost",
-        r"requires authentication when attempting to send to a non-local",
-        r"specified domain is not allowed",
-    ]),
+    (
+        "norelaying",
+        [
+            r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)",
+            r"unable to relay|we do not relay|no relaying|not allowed to relay",
+            r"not permitted to relay|as a relay|not an open relay|relaying mail to ",
+            r"email address is not verified",
+            r"this system is not configured to relay|not a gateway|we don't handle mail for",
+            r"that domain isn't in my list of allowed rcpthost",
+            r"requires authentication when attempting to send to a non-local",
+            r"specified domain is not allowed",
+        ],
+    ),
     # ---- unambiguous verdicts: failed authentication, spam, IP blocks (before wider wording) -
-    ("authfailure", [
-        r"does not have authentication information|fails to pass authentication checks",
-        r"due to (?:the )?domain's dmarc policy|multiple authentication checks failed",
-    ]),
-    ("spamdetected", [
-        r"rejected due to spam (?:classification|content)|classified as spam|detected as spam",
-    ]),
-    ("blocked", [
-        r"client host (?:\[\S+\] )?blocked|blocked using |adresse ip source bloquee",
-        r"blacklisted by |(?:ip|host) (?:address )?(?:\S+ )?(?:is )?(?:blocked|blacklisted)",
-    ]),
+    (
+        "authfailure",
+        [
+            r"does not have authentication information|fails to pass authentication checks",
+            r"due to (?:the )?domain's dmarc policy|multiple authentication checks failed",
+        ],
+    ),
+    (
+        "spamdetected",
+        [
+            r"rejected due to spam (?:classification|content)|classified as spam|detected as spam",
+        ],
+    ),
+    (
+        "blocked",
+        [
+            r"client host (?:\[\S+\] )?blocked|blocked using |adresse ip source bloquee",
+            r"blacklisted by |(?:ip|host) (?:address )?(?:\S+ )?(?:is )?(?:blocked|blacklisted)",
+        ],
+    ),
     # ---- SPF / DKIM / DMARC -----------------------------------------------------------------
-    ("authfailure", [
-        r"\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework",
-        r"doesn't meet the required authentication level",
-        r"5322\.from address doesn't meet the authentication requirements",
-        r"domain authentication fail|not allowed to send from <",
-        r"is not allowed to send mail\..{0,40}_401",
-    ]),
+    (
+        "authfailure",
+        [
+            r"\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework",
+            r"doesn't meet the required authentication level",
+            r"5322\.from address doesn't meet the authentication requirements",
+            r"domain authentication fail|not allowed to send from <",
+            r"is not allowed to send mail\..{0,40}_401",
+        ],
+    ),
     # ---- reverse DNS --------------------------------------------------------------------------
-    ("requireptr", [
-        r"reverse (?:dns|lookup|hostname)|\bptr\b|rdns",
-        r"cannot find your hostname|cannot resolve your (?:address|hostname)",
-        r"ip name lookup failed|unresolvable relay host name|generic dns",
-        r"forward dns entry does not point to the sending ip",
-        r"mismatches client ip|unverifyable sending ips|unverifiable sending ips",
-        r"dns lookup failure: .{0,80}try again later",
-        r"client host rejected: (?:cannot|can't) find your",
-    ]),
+    (
+        "requireptr",
+        [
+            r"reverse (?:dns|lookup|hostname)|\bptr\b|rdns",
+            r"cannot find your hostname|cannot resolve your (?:address|hostname)",
+            r"ip name lookup failed|unresolvable relay host name|generic dns",
+            r"forward dns entry does not point to the sending ip",
+            r"mismatches client ip|unverifyable sending ips|unverifiable sending ips",
+            r"dns lookup failure: .{0,80}try again later",
+            r"client host rejected: (?:cannot|can't) find your",
+        ],
+    ),
     # ---- address does not exist (checked before "blocked"/"rejected" wording) ----------------
-    ("userunknown", [
-        r"user ?unknown|unknown (?:user|recipient|mailbox|local ?part|e-?mail address|address)",
-        r"no such (?:user|mailbox|recipient|person|address|local user|account)",
-        r"(?:user|recipient|mailbox|address|account|addressee) (?:does not|doesn't|not) exists?",
-        r"(?:user|recipient|mailbox|address|account) (?:was )?not found",
-        r"(?:user|recipient|mailbox|address) (?:is )?(?:invalid|not valid|unknown|not known)",
-        r"invalid (?:recipient|mailbox|address|user)|bad recipient|badrcptto",
-        r"not a valid (?:mailbox|recipient|user)|is not a known user",
-        r"(?:email )?address (?:does not exist|could not be found)|address unknown",
-        r"the email account that you tried to reach does not exist",
-        r"recipient address rejected: (?:access denied|unknown|invalid|user|undeliverable)",
-        r"recipient (?:not ok|is not accepted|is not local|rejected)|recipientnotfound",
-        r"resolver\.adr\.recip\w*notfound|recipient ?not ?found",
-        r"mailbox (?:unavailable|not present|invalid|not available|unavaiable)",
-        r"no mailbox (?:here|by that name|found|available)|no account by that name",
-        r"no (?:one|mail ?box) (?:at|for) this (?:address|user)",
-        r"this user doesn't have a .{1,40} account|no valid recipients",
-        r"non-?existent (?:user|mailbox|address|recipient)|nonexistent",
-        r"sorry, no mailbox|account unavailable|recipient name is not recognized",
-        r"recipient address rejected(?:\.|$| \(in reply)",
-        r"address (?:is )?(?:invalid|inactive|no longer valid)|wrong or no longer valid",
-        r"is not an active address|not (?:our|a local) (?:user|customer|address)",
-        r"does not exist at the organization",
-        r"not listed in (?:the )?(?:\w+ )?(?:directory|address book|name & address book|public)",
-        r"in my badrecipientto list|not in my validrcptto list",
-        r"destination addresses were unknown|destination server rejected recipients",
-        r"user (?:\S+ )?(?:not exist|does not exist|not active|missing home directory)",
-        r"utilisateur inconnu|no existe (?:dicha persona|ese usuario)",
-        r"nessun utente simile|adresse d au moins un destinataire invalide",
-        r"please check if (?:the )?address is correct",
-        r"weil die adresse nicht gefunden wurde|unbekannt",
-        r"invalid or unknown virtual user|rcpt \S+ does not exist|there is no one at this address",
-        r"the user'?s email name is not found|not email addresses|this spectator does not exist",
-        r"your envelope recipient (?:has been denied|is in my badrcptto)",
-        r"the following recipients was undeliverable|address not present in directory",
-        r"can't accept user|is not a valid user|not a valid recipient",
-        r"the address couldn't be found|invalid (?:final delivery )?userid|invalid user address",
-    ]),
+    (
+        "userunknown",
+        [
+            r"user ?unknown|unknown (?:user|recipient|mailbox|local ?part|e-?mail address|address)",
+            r"no such (?:user|mailbox|recipient|person|address|local user|account)",
+            r"(?:user|recipient|mailbox|address|account|addressee) "
+            r"(?:does not|doesn't|not) exists?",
+            r"(?:user|recipient|mailbox|address|account) (?:was )?not found",
+            r"(?:user|recipient|mailbox|address) (?:is )?(?:invalid|not valid|unknown|not known)",
+            r"invalid (?:recipient|mailbox|address|user)|bad recipient|badrcptto",
+            r"not a valid (?:mailbox|recipient|user)|is not a known user",
+            r"(?:email )?address (?:does not exist|could not be found)|address unknown",
+            r"the email account that you tried to reach does not exist",
+            r"recipient address rejected: (?:access denied|unknown|invalid|user|undeliverable)",
+            r"recipient (?:not ok|is not accepted|is not local|rejected)|recipientnotfound",
+            r"resolver\.adr\.recip\w*notfound|recipient ?not ?found",
+            r"mailbox (?:unavailable|not present|invalid|not available|unavaiable)",
+            r"no mailbox (?:here|by that name|found|available)|no account by that name",
+            r"no (?:one|mail ?box) (?:at|for) this (?:address|user)",
+            r"this user doesn't have a .{1,40} account|no valid recipients",
+            r"non-?existent (?:user|mailbox|address|recipient)|nonexistent",
+            r"sorry, no mailbox|account unavailable|recipient name is not recognized",
+            r"recipient address rejected(?:\.|$| \(in reply)",
+            r"address (?:is )?(?:invalid|inactive|no longer valid)|wrong or no longer valid",
+            r"is not an active address|not (?:our|a local) (?:user|customer|address)",
+            r"does not exist at the organization",
+            r"not listed in (?:the )?(?:\w+ )?(?:directory|address "
+            r"book|name & address book|public)",
+            r"in my badrecipientto list|not in my validrcptto list",
+            r"destination addresses were unknown|destination server rejected recipients",
+            r"user (?:\S+ )?(?:not exist|does not exist|not active|missing home directory)",
+            r"utilisateur inconnu|no existe (?:dicha persona|ese usuario)",
+            r"nessun utente simile|adresse d au moins un destinataire invalide",
+            r"please check if (?:the )?address is correct",
+            r"weil die adresse nicht gefunden wurde|unbekannt",
+            r"invalid or unknown virtual user|rcpt \S+ does not exist",
+            r"there is no one at this address",
+            r"the user'?s email name is not found",
+            r"not email addresses|this spectator does not exist",
+            r"your envelope recipient (?:has been denied|is in my badrcptto)",
+            r"the following recipients was undeliverable|address not present in directory",
+            r"can't accept user|is not a valid user|not a valid recipient",
+            r"the address couldn't be found",
+            r"invalid (?:final delivery )?userid|invalid user address",
+        ],
+    ),
     # ---- filtered by the recipient's own rules ------------------------------------------------
-    ("filtered", [
-        r"message rejected due to user rules|user refuses to receive|user reject",
-        r"refused due to recipient preferences|you have been blocked by the recipient",
-        r"only accepting mail from specific email addresses|account is protected by",
-        r"recipient id refuse to receive mail|has restricted sms e-?mail",
-        r"is not accepting any mail|bounced address|not found recipient account",
-        r"message filtered",
-    ]),
+    (
+        "filtered",
+        [
+            r"message rejected due to user rules|user refuses to receive|user reject",
+            r"refused due to recipient preferences|you have been blocked by the recipient",
+            r"only accepting mail from specific email addresses|account is protected by",
+            r"recipient id refuse to receive mail|has restricted sms e-?mail",
+            r"is not accepting any mail|bounced address|not found recipient account",
+            r"message filtered",
+        ],
+    ),
     # ---- RFC compliance ---------------------------------------------------------------------
-    ("notcompliantrfc", [
-        r"not rfc ?5322 compliant|rfcmessagenoncompliant|duplicate header",
-        r"multiple addresses in (?:the )?from",
-        r" multiple .{1,40} headers?\b",
-    ]),
+    (
+        "notcompliantrfc",
+        [
+            r"not rfc ?5322 compliant|rfcmessagenoncompliant|duplicate header",
+            r"multiple addresses in (?:the )?from",
+            r" multiple .{1,40} headers?\b",
+        ],
+    ),
     # ---- reputation -------------------------------------------------------------------------
-    ("badreputation", [
-        r"reputation",
-        r"temporarily deferred due to unexpected volume or user complaints",
-    ]),
+    (
+        "badreputation",
+        [
+            r"reputation",
+            r"temporarily deferred due to unexpected volume or user complaints",
+        ],
+    ),
     # ---- virus --------------------------------------------------------------------------------
-    ("virusdetected", [
-        r"virus|malware|infected|executable files are not allowed",
-        r"banned attachment|dangerous attachment|forbidden attachment",
-    ]),
+    (
+        "virusdetected",
+        [
+            r"virus|malware|infected|executable files are not allowed",
+            r"banned attachment|dangerous attachment|forbidden attachment",
+        ],
+    ),
     # ---- spam ---------------------------------------------------------------------------------
-    ("spamdetected", [
-        r"\bspam(?!haus|cop)|unsolicited|bulk (?:e-?)?mail|junk mail|junkmail",
-        r"content filter rejection|message content rejected|rejecting (?:banned|mail) content",
-        r"blacklisted url|uribl|surbl|mail content denied|message filtered",
-        r"message rejected because of unacceptable content",
-        r"recurrent pattern detection|reject bulk\.advertising|spambouncer",
-        r"our system has detected that this message is|message looks like",
-        r"mail score \(.{0,20} over |this message scored .{0,20} points",
-        r"your message has been temporarily blocked by our filter",
-        r"message rejected for policy reasons|high probability of|probable spam",
-        r"mail rejete\. mail rejected\.",
-    ]),
+    (
+        "spamdetected",
+        [
+            r"\bspam(?!haus|cop)|unsolicited|bulk (?:e-?)?mail|junk mail|junkmail",
+            r"content filter rejection|message content rejected|rejecting (?:banned|mail) content",
+            r"blacklisted url|uribl|surbl|mail content denied|message filtered",
+            r"message rejected because of unacceptable content",
+            r"recurrent pattern detection|reject bulk\.advertising|spambouncer",
+            r"our system has detected that this message is|message looks like",
+            r"mail score \(.{0,20} over |this message scored .{0,20} points",
+            r"your message has been temporarily blocked by our filter",
+            r"message rejected for policy reasons|high probability of|probable spam",
+            r"mail rejete\. mail rejected\.",
+        ],
+    ),
     # ---- sender address refused -------------------------------------------------------------
-    ("rejected", [
-        r"sender (?:address |email address )?(?:rejected|denied|was rejected|blacklisted)",
-        r"sender (?:is|address has been) (?:spammer|in my black ?list|blacklisted)",
-        r"(?:invalid|bad|unknown|unroutable|unverified) sender|sender verify failed",
-        r"sender not pre-?approved|sender domain is empty|domain of sender address ",
-        r"address rejected: (?:domain|sender)|sender address rejected",
-        r"access denied \((?:in reply to mail from|sender blacklisted)",
-        r"administrative prohibition|batv|null sender is not allowed",
-        r"empty envelope senders not allowed|bogus mail from|no third-party dsns",
-        r"returned mail not accepted here|unsigned dsn for",
-        r"mail from not owned by user|not a registered gateway user",
-        r"emetteur invalide",
-        r"you are not allowed to post to this mailing list|not subscribed to this group",
-        r"this server does not accept mail from|envelope blocked",
-        r"can't determine purported responsible address",
-        r"fully qualified email address required|from: domain is invalid",
-        r"your email address has been blacklisted|an address that has been blacklisted",
-        r"not on the recipient's list of senders|spam reporting address",
-        r"sending this from a different address or alias",
-        r"connections not accepted from servers without a valid sender domain",
-        r"denied \[bouncedeny\]|valid-address-filter|delivery not authorized, message refused",
-        r"rule imposed mailbox access for",
-        r"groups\.google\.com/support|the group you tried to contact|permission to post",
-    ]),
+    (
+        "rejected",
+        [
+            r"sender (?:address |email address )?(?:rejected|denied|was rejected|blacklisted)",
+            r"sender (?:is|address has been) (?:spammer|in my black ?list|blacklisted)",
+            r"(?:invalid|bad|unknown|unroutable|unverified) sender|sender verify failed",
+            r"sender not pre-?approved|sender domain is empty|domain of sender address ",
+            r"address rejected: (?:domain|sender)|sender address rejected",
+            r"access denied \((?:in reply to mail from|sender blacklisted)",
+            r"administrative prohibition|batv|null sender is not allowed",
+            r"empty envelope senders not allowed|bogus mail from|no third-party dsns",
+            r"returned mail not accepted here|unsigned dsn for",
+            r"mail from not owned by user|not a registered gateway user",
+            r"emetteur invalide",
+            r"you are not allowed to post to this mailing list|not subscribed to this group",
+            r"this server does not accept mail from|envelope blocked",
+            r"can't determine purported responsible address",
+            r"fully qualified email address required|from: domain is invalid",
+            r"your email address has been blacklisted|an address that has been blacklisted",
+            r"not on the recipient's list of senders|spam reporting address",
+            r"sending this from a different address or alias",
+            r"connections not accepted from servers without a valid sender domain",
+            r"denied \[bouncedeny\]|valid-address-filter|delivery not authorized, message refused",
+            r"rule imposed mailbox access for",
+            r"groups\.google\.com/support|the group you tried to contact|permission to post",
+        ],
+    ),
     # ---- domain publishes no mail service (null MX), DNS failures ------------------------
-    ("notaccept", [
-        r"does(?:n't| not) (?:accept|receive) (?:any )?(?:e-?)?mail|null ?mx|nullmx",
-        r"no mx (?:record )?found for domain|indicated no smtp service",
-        r"couldn't find a mail exchanger",
-    ]),
+    (
+        "notaccept",
+        [
+            r"does(?:n't| not) (?:accept|receive) (?:any )?(?:e-?)?mail|null ?mx|nullmx",
+            r"no mx (?:record )?found for domain|indicated no smtp service",
+            r"couldn't find a mail exchanger",
+        ],
+    ),
     ("hostunknown", [r"dns lookup failure: host \S+ not found"]),
-    ("networkerror", [
-        r"dns error: .{0,80}nxdomain|host not found, try again",
-        r"network error on destination|dns query failed|host name lookup failure",
-    ]),
+    (
+        "networkerror",
+        [
+            r"dns error: .{0,80}nxdomain|host not found, try again",
+            r"network error on destination|dns query failed|host name lookup failure",
+        ],
+    ),
     # ---- domain does not exist --------------------------------------------------------------
-    ("hostunknown", [
-        r"host (?:or domain name )?(?:unknown|not found)|unknown host",
-        r"domain (?:does not exist|is not reachable|must exist|not found|unknown)",
-        r"no such domain|unknown domain|name or service not known|domain name not found",
-        r"mail domain mentioned in email address is unknown|the account or domain may not exist",
-        r"couldn't find any host named|no (?:mx|mail exchanger|mail server) (?:record )?for",
-        r"553 .{1,80} does not exist|invalid domain|nxdomain|no valid mx",
-        r"host unreachable|unrouteable address|unroutable address",
-    ]),
+    (
+        "hostunknown",
+        [
+            r"host (?:or domain name )?(?:unknown|not found)|unknown host",
+            r"domain (?:does not exist|is not reachable|must exist|not found|unknown)",
+            r"no such domain|unknown domain|name or service not known|domain name not found",
+            r"mail domain mentioned in email address is unknown",
+            r"the account or domain may not exist",
+            r"couldn't find any host named|no (?:mx|mail exchanger|mail server) (?:record )?for",
+            r"553 .{1,80} does not exist|invalid domain|nxdomain|no valid mx",
+            r"host unreachable|unrouteable address|unroutable address",
+        ],
+    ),
     # ---- rate limits --------------------------------------------------------------------------
-    ("speeding", [
-        r"rate limited|please try again slower|sent to too many recipients",
-        r"sending (?:too fast|at a rate)|receiving mail at a rate",
-        r"too many (?:messages|emails|mails) (?:from|in|per)",
-    ]),
-    ("toomanyconn", [
-        r"too many (?:connections|concurrent|smtp sessions|errors from your ip|recipients)",
-        r"connection rate limit|maximum connection limit|per-domain connection limit",
-        r"max emails per hour|throttl|trop de connexions|frequency limited",
-        r"we have already made numerous attempts",
-    ]),
+    (
+        "speeding",
+        [
+            r"rate limited|please try again slower|sent to too many recipients",
+            r"sending (?:too fast|at a rate)|receiving mail at a rate",
+            r"too many (?:messages|emails|mails) (?:from|in|per)",
+        ],
+    ),
+    (
+        "toomanyconn",
+        [
+            r"too many (?:connections|concurrent|smtp sessions|errors from your ip|recipients)",
+            r"connection rate limit|maximum connection limit|per-domain connection limit",
+            r"max emails per hour|throttl|trop de connexions|frequency limited",
+            r"we have already made numerous attempts",
+        ],
+    ),
     # ---- client IP / host blocked -----------------------------------------------------------
-    ("blocked", [
-        r"blacklist|black list|blocklist|block list|\bdnsbl\b|\brbl\b|spamhaus|spamcop",
-        r"barracudacentral|abuseat\.org|sorbs|listed (?:at|in|on) ",
-        r"blocked (?:using|by|- see|for abuse)|was blocked by|is blocked",
-        r"(?:client|sender|sending) (?:host|ip)(?: address)? (?:rejected|blocked|refused)",
-        r"(?:your|the) (?:ip|host|server|network)(?: address)? .{0,40}(?:blocked|rejected|denied)",
-        r"access (?:from|denied).{0,30}ip|banned sending ip|bad sender ip",
-        r"not (?:currently )?accepting (?:mail|connections) from (?:your|this) ",
-        r"dynamic(?:/zombied)? ip|dynamic ips|hosts with dynamic ip|residential ip",
-        r"please use the smtp server of your isp|helo command rejected",
-        r"refused to talk to me|you are not allowed to connect|go away",
-        r"connection (?:refused|reset|dropped|was dropped)",
-        r"not accepting connections|service refused, please try later",
-        r"may not be mail exchanger|was not authenticated|your server requires confirmation",
-        r"confirm this mail server|rejecting open proxy|suspiciously like spammer",
-        r"part of their network is on our block list|currently sending spam",
-        r"no access from mail server|sender ip address rejected|host network not allowed",
-        r"invalid ip for sending mail|not allowed to send mail from",
-        r"too many unwanted messages have been sent from|you are sending spam",
-        r"mail from .{1,60} refused|message from .{1,60} rejected based on",
-        r"\babus detecte",
-    ]),
+    (
+        "blocked",
+        [
+            r"blacklist|black list|blocklist|block list|\bdnsbl\b|\brbl\b|spamhaus|spamcop",
+            r"barracudacentral|abuseat\.org|sorbs|listed (?:at|in|on) ",
+            r"blocked (?:using|by|- see|for abuse)|was blocked by|is blocked",
+            r"(?:client|sender|sending) (?:host|ip)(?: address)? (?:rejected|blocked|refused)",
+            r"(?:your|the) (?:ip|host|server|network)(?: "
+            r"address)? .{0,40}(?:blocked|rejected|denied)",
+            r"access (?:from|denied).{0,30}ip|banned sending ip|bad sender ip",
+            r"not (?:currently )?accepting (?:mail|connections) from (?:your|this) ",
+            r"dynamic(?:/zombied)? ip|dynamic ips|hosts with dynamic ip|residential ip",
+            r"please use the smtp server of your isp|helo command rejected",
+            r"refused to talk to me|you are not allowed to connect|go away",
+            r"connection (?:refused|reset|dropped|was dropped)",
+            r"not accepting connections|service refused, please try later",
+            r"may not be mail exchanger|was not authenticated|your server requires confirmation",
+            r"confirm this mail server|rejecting open proxy|suspiciously like spammer",
+            r"part of their network is on our block list|currently sending spam",
+            r"no access from mail server|sender ip address rejected|host network not allowed",
+            r"invalid ip for sending mail|not allowed to send mail from",
+            r"too many unwanted messages have been sent from|you are sending spam",
+            r"mail from .{1,60} refused|message from .{1,60} rejected based on",
+            r"\babus detecte",
+        ],
+    ),
     # ---- policy -----------------------------------------------------------------------------
-    ("policyviolation", [
-        r"(?:local |organi[sz]ational )policy|policy (?:reasons|rejection)|denied by policy",
-        r"violat(?:es|ion of) .{0,20}polic",
-        r"by organi[sz]ation(?:al)? (?:policy|settings)|local policy",
-        r"illegal attachment|members-only list|closed mailing list|header error",
-        r"header are not accepted|message given low priority|messages with multiple addresses",
-        r"protocol violation|not accepting mail with |mass mailer|without solving a captcha",
-        r"do not accept messages containing images|presents a potential",
-        r"security polic",
-    ]),
+    (
+        "policyviolation",
+        [
+            r"(?:local |organi[sz]ational )policy|policy (?:reasons|rejection)|denied by policy",
+            r"violat(?:es|ion of) .{0,20}polic",
+            r"by organi[sz]ation(?:al)? (?:policy|settings)|local policy",
+            r"illegal attachment|members-only list|closed mailing list|header error",
+            r"header are not accepted|message given low priority|messages with multiple addresses",
+            r"protocol violation|not accepting mail with |mass mailer|without solving a captcha",
+            r"do not accept messages containing images|presents a potential",
+            r"security polic",
+        ],
+    ),
     # ---- security ---------------------------------------------------------------------------
-    ("securityerror", [
-        r"authentication (?:required|failure|credentials invalid|turned on)",
-        r"authentication failed; server .{1,80} said",
-        r"unauthenticated senders not allowed|insecure mail relay|verification failure",
-        r"not authorized to (?:send|perform ses)|account not subscribed to ses",
-        r"you don't authenticate|authentification (?:invalide|requise)|smtp authentication",
-        r"domain .{1,60} is a dead domain",
-    ]),
+    (
+        "securityerror",
+        [
+            r"authentication (?:required|failure|credentials invalid|turned on)",
+            r"authentication failed; server .{1,80} said",
+            r"unauthenticated senders not allowed|insecure mail relay|verification failure",
+            r"not authorized to (?:send|perform ses)|account not subscribed to ses",
+            r"you don't authenticate|authentification (?:invalide|requise)|smtp authentication",
+            r"domain .{1,60} is a dead domain",
+        ],
+    ),
     # ---- TLS ----------------------------------------------------------------------------------
-    ("failedstarttls", [
-        r"starttls (?:is )?(?:failed|failure|required|error|negotiation)|must issue a starttls",
-        r"\btls\b.{0,40}(?:required|fail|handshake|negotiat)|ssl handshake|failed starttls",
-        r"requiretls",
-    ]),
+    (
+        "failedstarttls",
+        [
+            r"starttls (?:is )?(?:failed|failure|required|error|negotiation)|must issue a starttls",
+            r"\btls\b.{0,40}(?:required|fail|handshake|negotiat)|ssl handshake|failed starttls",
+            r"requiretls",
+        ],
+    ),
     # ---- remote system ----------------------------------------------------------------------
-    ("systemfull", [
-        r"mail system full|system (?:disk )?full|insufficient system storage",
-        r"not enough space on the disk|disk (?:is )?full",
-    ]),
-    ("networkerror", [
-        r"(?:unable|wasn't able|not able) to establish an smtp connection",
-        r"mail (?:forwarding )?loop|routing loop|message looping|too many hops|hop count exceeded",
-        r"maximum forwarding loop count exceeded|loops back to myself",
-        r"host name lookup failure|host not found, try again|name server reply",
-        r"no route to host|host is unreachable|unable to resolve route",
-        r"dns records for the destination computer could not be found",
-        r"could not connect and send the mail to|unrouteable mail domain",
-        r"temporary (?:dns|lookup) failure|dns (?:lookup |query )?(?:error|failure|timeout)",
-        r"network (?:is )?unreachable",
-    ]),
+    (
+        "systemfull",
+        [
+            r"mail system full|system (?:disk )?full|insufficient system storage",
+            r"not enough space on the disk|disk (?:is )?full",
+        ],
+    ),
+    (
+        "networkerror",
+        [
+            r"(?:unable|wasn't able|not able) to establish an smtp connection",
+            r"mail (?:forwarding )?loop|routing loop",
+            r"message looping|too many hops|hop count exceeded",
+            r"maximum forwarding loop count exceeded|loops back to myself",
+            r"host name lookup failure|host not found, try again|name server reply",
+            r"no route to host|host is unreachable|unable to resolve route",
+            r"dns records for the destination computer could not be found",
+            r"could not connect and send the mail to|unrouteable mail domain",
+            r"temporary (?:dns|lookup) failure|dns (?:lookup |query )?(?:error|failure|timeout)",
+            r"network (?:is )?unreachable",
+        ],
+    ),
     # a specific local failure beats the "given up after retries" wording that follows it
     ("systemerror", [r"unable to contact ldap server|local configuration error"]),
     # ---- delivery given up after retries --------------------------------------------------
-    ("expired", [
-        r"retry time(?:out)? (?:not reached|exceeded)",
-        r"retry timeout exceeded",
-        r"this message has been in the queue too long",
-        r"message (?:expired|timed out|was not delivered within)",
-        r"delivery (?:time )?expired",
-        r"could not be delivered (?:for|within) (?:more than )?\d+ (?:days|hours)",
-        r"your message could not be delivered for more than",
-        r"was not reachable within the allowed queue period",
-        r"have been failing for a long time",
-        r"unable to deliver message after multiple retries",
-        r"giving up on (?:it|delivery|this message)",
-        r"i'm not going to try again",
-        r"delivery attempts will continue to be made",
-        r"it has not been collected after",
-        r"message expired after sitting in queue",
-        r"has been delayed|delivery (?:is |has been )?delayed|delayed delivery",
-        r"warning: message .{0,40}still undelivered after",
-        r"could not deliver .{0,40}within \d+ (?:days|hours)",
-        r"deferred for too long|too old|envelope expired",
-        r"could not deliver for the last \d+ (?:seconds|minutes|hours|days)",
-        r"did not accept our requests to connect|delivery failed \d+ attempts",
-        r"will be retried for \d+ more|host not reachable",
-    ]),
-    ("systemerror", [
-        r"(?:local|system|server|mail system) (?:config(?:uration)? )?error",
-        r"local error in processing|temporary local problem|internal (?:server )?error",
-        r"aliasing/forwarding loop broken|can't create user output file",
-        r"could not load drd|interrupted system call|queue file write error",
-        r"it would create a mail loop|loop was found in the mail exchanger",
-        r"recipient deferred because there is no mdb|remote server is misconfigured",
-        r"service (?:currently |temporarily )?unavailable|timeout waiting for input",
-        r"it encountered an error while being processed|transaction failed\b",
-        r"unable to connect .{0,40}daemon|system (?:is )?(?:busy|overloaded)",
-        r"unable to contact ldap server",
-    ]),
-    ("notaccept", [
-        r"does not accept mail|host/domain does not accept|null ?mx|nullmx",
-        r"mail receiving disabled|no route for current request",
-        r"smtp protocol returned a permanent error|no mx record found for domain",
-        r"name server: \.: host not found",
-    ]),
-    ("contenterror", [
-        r"content (?:error|rejected)|improper (?:use of )?8-?bit|invalid (?:mime|header)",
-        r"message header|malformed (?:message|mime|header)|8bitmime",
-    ]),
-    ("mailererror", [
-        r"x-unix|mailer error|pipe to |unknown mailer|command (?:died|failed|output)",
-        r"exit (?:code|status) \d|procmail|maildrop",
-    ]),
-    ("syntaxerror", [
-        r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",
-        r"improper sequence of commands|command (?:parameter )?not implemented",
-    ]),
-    ("expired", [
-        r"connection timed out|timed out while|server did not respond|no answer from host",
-        r"could not find a gateway for|failed to deliver to domain ",
-    ]),
+    (
+        "expired",
+        [
+            r"retry time(?:out)? (?:not reached|exceeded)",
+            r"retry timeout exceeded",
+            r"this message has been in the queue too long",
+            r"message (?:expired|timed out|was not delivered within)",
+            r"delivery (?:time )?expired",
+            r"could not be delivered (?:for|within) (?:more than )?\d+ (?:days|hours)",
+            r"your message could not be delivered for more than",
+            r"was not reachable within the allowed queue period",
+            r"have been failing for a long time",
+            r"unable to deliver message after multiple retries",
+            r"giving up on (?:it|delivery|this message)",
+            r"i'm not going to try again",
+            r"delivery attempts will continue to be made",
+            r"it has not been collected after",
+            r"message expired after sitting in queue",
+            r"has been delayed|delivery (?:is |has been )?delayed|delayed delivery",
+            r"warning: message .{0,40}still undelivered after",
+            r"could not deliver .{0,40}within \d+ (?:days|hours)",
+            r"deferred for too long|too old|envelope expired",
+            r"could not deliver for the last \d+ (?:seconds|minutes|hours|days)",
+            r"did not accept our requests to connect|delivery failed \d+ attempts",
+            r"will be retried for \d+ more|host not reachable",
+        ],
+    ),
+    (
+        "systemerror",
+        [
+            r"(?:local|system|server|mail system) (?:config(?:uration)? )?error",
+            r"local error in processing|temporary local problem|internal (?:server )?error",
+            r"aliasing/forwarding loop broken|can't create user output file",
+            r"could not load drd|interrupted system call|queue file write error",
+            r"it would create a mail loop|loop was found in the mail exchanger",
+            r"recipient deferred because there is no mdb|remote server is misconfigured",
+            r"service (?:currently |temporarily )?unavailable|timeout waiting for input",
+            r"it encountered an error while being processed|transaction failed\b",
+            r"unable to connect .{0,40}daemon|system (?:is )?(?:busy|overloaded)",
+            r"unable to contact ldap server",
+        ],
+    ),
+    (
+        "notaccept",
+        [
+            r"does not accept mail|host/domain does not accept|null ?mx|nullmx",
+            r"mail receiving disabled|no route for current request",
+            r"smtp protocol returned a permanent error|no mx record found for domain",
+            r"name server: \.: host not found",
+        ],
+    ),
+    (
+        "contenterror",
+        [
+            r"content (?:error|rejected)|improper (?:use of )?8-?bit|invalid (?:mime|header)",
+            r"message header|malformed (?:message|mime|header)|8bitmime",
+        ],
+    ),
+    (
+        "mailererror",
+        [
+            r"x-unix|mailer error|pipe to |unknown mailer|command (?:died|failed|output)",
+            r"exit (?:code|status) \d|procmail|maildrop",
+        ],
+    ),
+    (
+        "syntaxerror",
+        [
+            r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",
+            r"improper sequence of commands|command (?:parameter )?not implemented",
+        ],
+    ),
+    (
+        "expired",
+        [
+            r"connection timed out|timed out while|server did not respond|no answer from host",
+            r"could not find a gateway for|failed to deliver to domain ",
+        ],
+    ),
 ]
+
 
 def _seq_runs(seq: list, sre: object) -> list[str] | None:
     """Literals one of which must occur wherever the parsed sequence matches."""
@@ -698,9 +913,7 @@ def _seq_runs(seq: list, sre: object) -> list[str] | None:
             sub = arg[2]
         if sub is not None:
             runs = _pattern_runs(sub, sre)
-            if runs is not None and (
-                nested is None or min(map(len, runs)) > min(map(len, nested))
-            ):
+            if runs is not None and (nested is None or min(map(len, runs)) > min(map(len, nested))):
                 nested = runs
     best = max(best, current, key=len)
     return [best] if len(best) >= 3 else nested
@@ -732,7 +945,16 @@ _Entry = tuple[re.Pattern[str], _Gate]
 
 
 def _gate(runs: list[str] | None) -> _Gate:
-    return tuple(sorted(set(runs))) if runs is not None else None
+    if runs is None:
+        return None
+    # Drop literals that contain another literal of the same gate: the shorter one is present
+    # whenever the longer one is, so checking the longer one is wasted work.
+    lits = sorted(set(runs), key=len)
+    kept: list[str] = []
+    for lit in lits:
+        if not any(k in lit for k in kept):
+            kept.append(lit)
+    return tuple(kept)
 
 
 def _compile_rule(patterns: list[str]) -> tuple[_Gate, tuple[_Entry, ...]]:
@@ -806,9 +1028,17 @@ _COMMAND_RE = re.compile(
     r"(rcpt|mail|data|final data|ehlo|helo|body|message|initial connection|greeting|banner)\b"
 )
 _COMMAND_NAME = {
-    "rcpt": "RCPT", "mail": "MAIL", "data": "DATA", "final data": "DATA", "body": "DATA",
-    "message": "DATA", "ehlo": "HELO", "helo": "HELO", "initial connection": "CONN",
-    "greeting": "CONN", "banner": "CONN",
+    "rcpt": "RCPT",
+    "mail": "MAIL",
+    "data": "DATA",
+    "final data": "DATA",
+    "body": "DATA",
+    "message": "DATA",
+    "ehlo": "HELO",
+    "helo": "HELO",
+    "initial connection": "CONN",
+    "greeting": "CONN",
+    "banner": "CONN",
 }
 _RCPT_FIELD_RE = re.compile(r"(?:^|\s)rcpt to: ?<?[^\s<>@]+@")
 _QMAIL_COMMAND_RE = re.compile(
@@ -846,11 +1076,14 @@ def _refine(
         # Without any code or command: a remote server's bare "550 User unknown" is read as a
         # content filter (Sisimai's rule), while an MTA's own words about its local users
         # (no reply code: "Unknown user: x", "The recipient name is not recognized") are not.
-        if command == "DATA" or subject.startswith(("2.", "7.", "0.", "3.")) or (
-            not subject and reply_code is not None and reply_code >= 500
+        if (
+            command == "DATA"
+            or subject.startswith(("2.", "7.", "0.", "3."))
+            or (not subject and reply_code is not None and reply_code >= 500)
         ):
             return "filtered"
     return reason
+
 
 # Replies only ever sent in answer to RCPT TO: the address itself is unknown.
 _RCPT_TIME_RE = re.compile(
@@ -872,18 +1105,16 @@ def _reason(
     if command is None and text:
         command = smtp_command(text)
     reason = _base_reason(text, status, reply_code, command)
-    if command == "MAIL" and (reason in _SENDER_SIDE or (
-        reason == "securityerror" and "access denied" in text
-    )):
+    if command == "MAIL" and (
+        reason in _SENDER_SIDE or (reason == "securityerror" and "access denied" in text)
+    ):
         return "rejected"  # the session failed at MAIL FROM: the sender was refused
     if command in ("CONN", "HELO") and reason in _CLIENT_SIDE:
         return "blocked"  # refused at connection or greeting: the sending host was refused
     return reason
 
 
-def _base_reason(
-    text: str, status: str | None, reply_code: int | None, command: str | None
-) -> str:
+def _base_reason(text: str, status: str | None, reply_code: int | None, command: str | None) -> str:
     if status:
         decisive = _DECISIVE_STATUS.get(status)
         if decisive:

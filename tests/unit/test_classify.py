@@ -7,58 +7,128 @@ from postwarden.classify import REASONS, Verdict, classify, describe, retry_afte
 # (server words, status, reply code, expected reason). Status/reply None: read from the text.
 CASES = [
     # --- invalid address ------------------------------------------------------------------
-    ("550 5.1.1 <kijitora@example.jp>: Recipient address rejected: User unknown in local "
-     "recipient table", None, None, "userunknown"),
-    ("550-5.1.1 The email account that you tried to reach does not exist. Please try "
-     "double-checking the recipient's email address for typos", None, None, "userunknown"),
-    ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
-     None, None, "userunknown"),
-    ("550 5.4.1 Recipient address rejected: Access denied. AS(201806281) "
-     "[DB5EUR03FT033.eop-EUR03.prod.protection.outlook.com]", None, None, "userunknown"),
-    ("554 delivery error: dd This user doesn't have a yahoo.com account "
-     "(nobody@yahoo.com) [0] - mta1061.mail.ne1.yahoo.com", None, None, "userunknown"),
+    (
+        "550 5.1.1 <kijitora@example.jp>: Recipient address rejected: User unknown in local "
+        "recipient table",
+        None,
+        None,
+        "userunknown",
+    ),
+    (
+        "550-5.1.1 The email account that you tried to reach does not exist. Please try "
+        "double-checking the recipient's email address for typos",
+        None,
+        None,
+        "userunknown",
+    ),
+    (
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        None,
+        None,
+        "userunknown",
+    ),
+    (
+        "550 5.4.1 Recipient address rejected: Access denied. AS(201806281) "
+        "[DB5EUR03FT033.eop-EUR03.prod.protection.outlook.com]",
+        None,
+        None,
+        "userunknown",
+    ),
+    (
+        "554 delivery error: dd This user doesn't have a yahoo.com account "
+        "(nobody@yahoo.com) [0] - mta1061.mail.ne1.yahoo.com",
+        None,
+        None,
+        "userunknown",
+    ),
     ("550 5.1.1 <x@icloud.com>: user does not exist", None, None, "userunknown"),
     ("Sorry, no mailbox here by that name. (#5.1.1)", None, None, "userunknown"),
-    ("550 Requested action not taken: mailbox unavailable (in reply to RCPT TO command)",
-     None, None, "userunknown"),
-    ("550 5.1.2 Host unknown (Name server: example.invalid: host not found)", None, None,
-     "hostunknown"),
-    ("Host or domain name not found. Name service error for name=example.invalid type=A: "
-     "Host not found", "5.4.4", None, "hostunknown"),
+    (
+        "550 Requested action not taken: mailbox unavailable (in reply to RCPT TO command)",
+        None,
+        None,
+        "userunknown",
+    ),
+    (
+        "550 5.1.2 Host unknown (Name server: example.invalid: host not found)",
+        None,
+        None,
+        "hostunknown",
+    ),
+    (
+        "Host or domain name not found. Name service error for name=example.invalid type=A: "
+        "Host not found",
+        "5.4.4",
+        None,
+        "hostunknown",
+    ),
     ("556 5.1.10 Recipient address has null MX", None, None, "notaccept"),
     ("550 5.1.6 Recipient addresses in this domain have moved", None, None, "hasmoved"),
     ("551 User not local; please try <new@example.org>", None, 551, "hasmoved"),
     # --- mailbox problems -----------------------------------------------------------------
-    ("452 4.2.2 The email account that you tried to reach is over quota", None, None,
-     "mailboxfull"),
+    (
+        "452 4.2.2 The email account that you tried to reach is over quota",
+        None,
+        None,
+        "mailboxfull",
+    ),
     ("552 5.2.2 Mailbox full", None, None, "mailboxfull"),
     ("550 5.7.1 Email quota exceeded", None, None, "mailboxfull"),  # Gmail, generic 5.7.1
-    ("552-5.2.2 The email account that you tried to reach is out of storage space and "
-     "inactive", None, None, "mailboxfull"),
+    (
+        "552-5.2.2 The email account that you tried to reach is out of storage space and inactive",
+        None,
+        None,
+        "mailboxfull",
+    ),
     ("550 5.2.1 The email account that you tried to reach is disabled", None, None, "suspend"),
     ("554 5.3.4 Message too big for system", None, None, "mesgtoobig"),
     ("552 5.2.3 Message length exceeds administrative limit", None, None, "exceedlimit"),
     # --- spam / blocked -------------------------------------------------------------------
-    ("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using "
-     "zen.spamhaus.org", None, None, "blocked"),
+    (
+        "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        None,
+        None,
+        "blocked",
+    ),
     ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", None, None, "blocked"),
-    ("550 5.7.1 Our system has detected that this message is likely unsolicited mail",
-     None, None, "spamdetected"),
-    ("554 5.7.1 The message was rejected because it contains a virus", None, None,
-     "virusdetected"),
-    ("550 5.7.25 The IP address sending this message does not have a PTR record setup",
-     None, None, "requireptr"),
-    ("451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
-     "reputation", None, None, "badreputation"),
+    (
+        "550 5.7.1 Our system has detected that this message is likely unsolicited mail",
+        None,
+        None,
+        "spamdetected",
+    ),
+    ("554 5.7.1 The message was rejected because it contains a virus", None, None, "virusdetected"),
+    (
+        "550 5.7.25 The IP address sending this message does not have a PTR record setup",
+        None,
+        None,
+        "requireptr",
+    ),
+    (
+        "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
+        "reputation",
+        None,
+        None,
+        "badreputation",
+    ),
     # --- policy / authentication ----------------------------------------------------------
-    ("550-5.7.26 Unauthenticated email from example.jp is not accepted due to domain's "
-     "DMARC policy", None, None, "authfailure"),
+    (
+        "550-5.7.26 Unauthenticated email from example.jp is not accepted due to domain's "
+        "DMARC policy",
+        None,
+        None,
+        "authfailure",
+    ),
     ("550 5.7.23 SPF validation failed", None, None, "authfailure"),
     ("554 5.7.1 <relay@example.org>: Relay access denied", None, None, "norelaying"),
     ("550 5.1.8 Sender address rejected: Domain not found", None, None, "rejected"),
     ("550 5.7.1 Message rejected due to local policy", None, None, "policyviolation"),
-    ("550 5.7.1 This message is not RFC 5322 compliant. There are multiple From headers",
-     None, None, "notcompliantrfc"),
+    (
+        "550 5.7.1 This message is not RFC 5322 compliant. There are multiple From headers",
+        None,
+        None,
+        "notcompliantrfc",
+    ),
     ("554 5.6.0 Message contains invalid header", None, None, "contenterror"),
     # --- rate limits, network, system -------------------------------------------------------
     ("421 4.7.0 Too many concurrent SMTP connections from this IP", None, None, "toomanyconn"),
@@ -67,8 +137,12 @@ CASES = [
     ("554 5.4.6 Hop count exceeded - possible mail loop", None, None, "networkerror"),
     ("452 4.3.1 Insufficient system storage", None, None, "systemfull"),
     ("451 4.3.0 Local configuration error", None, None, "systemerror"),
-    ("I'm not going to try again; this message has been in the queue too long.", None, None,
-     "expired"),
+    (
+        "I'm not going to try again; this message has been in the queue too long.",
+        None,
+        None,
+        "expired",
+    ),
     ("Retry timeout exceeded", "4.4.7", None, "expired"),
     # --- codes alone ------------------------------------------------------------------------
     ("", "5.1.1", None, "userunknown"),
@@ -184,8 +258,10 @@ def test_smtp_command(text: str, command: str | None) -> None:
 
 
 def test_postfix_queue_deferral_is_not_a_suspended_account() -> None:
-    text = ("delivery temporarily suspended: host mx.example.jp[192.0.2.1] refused to talk to "
-            "me: 421 Service not available")
+    text = (
+        "delivery temporarily suspended: host mx.example.jp[192.0.2.1] refused to talk to "
+        "me: 421 Service not available"
+    )
     assert classify(text).reason == "blocked"
     assert classify("550 5.2.1 This mailbox has been suspended").reason == "suspend"
 

@@ -52,8 +52,12 @@ def _dsn(
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(human)
     msg.make_mixed()
-    blocks = [[("Reporting-MTA", "dns; mx.example.org"),
-               ("Arrival-Date", "Thu, 1 May 2025 10:00:00 +0000")]]
+    blocks = [
+        [
+            ("Reporting-MTA", "dns; mx.example.org"),
+            ("Arrival-Date", "Thu, 1 May 2025 10:00:00 +0000"),
+        ]
+    ]
     blocks += [list(g.items()) for g in groups]
     msg.attach(_status_part(blocks))
     if original is not None:
@@ -115,15 +119,20 @@ def test_text_rfc822_headers_are_read() -> None:
 def test_several_recipients_and_original_recipient() -> None:
     groups = [
         _failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown"),
-        {**_failed("b@example.jp", "4.2.2", "452 4.2.2 Over quota", "delayed"),
-         "Original-Recipient": "rfc822; alias@example.jp"},
+        {
+            **_failed("b@example.jp", "4.2.2", "452 4.2.2 Over quota", "delayed"),
+            "Original-Recipient": "rfc822; alias@example.jp",
+        },
         {"Final-Recipient": "rfc822; c@example.jp", "Action": "delivered", "Status": "2.0.0"},
     ]
     report = parse(_dsn(groups))
     assert report.kind is Kind.BOUNCE
     kinds = {r.address: r.kind for r in report.recipients}
-    assert kinds == {"a@example.jp": Kind.BOUNCE, "b@example.jp": Kind.DELAY,
-                     "c@example.jp": Kind.SUCCESS}
+    assert kinds == {
+        "a@example.jp": Kind.BOUNCE,
+        "b@example.jp": Kind.DELAY,
+        "c@example.jp": Kind.SUCCESS,
+    }
     b = report.recipients[1]
     assert b.original == "alias@example.jp"
     assert b.verdict is not None and b.verdict.reason == "mailboxfull"
@@ -132,8 +141,12 @@ def test_several_recipients_and_original_recipient() -> None:
 
 def test_groups_without_blank_line_between_them() -> None:
     block = [
-        ("Final-Recipient", "rfc822; one@example.jp"), ("Action", "failed"), ("Status", "5.1.1"),
-        ("Final-Recipient", "rfc822; two@example.jp"), ("Action", "failed"), ("Status", "5.2.2"),
+        ("Final-Recipient", "rfc822; one@example.jp"),
+        ("Action", "failed"),
+        ("Status", "5.1.1"),
+        ("Final-Recipient", "rfc822; two@example.jp"),
+        ("Action", "failed"),
+        ("Status", "5.2.2"),
     ]
     msg = EmailMessage()
     msg["From"] = "MAILER-DAEMON@example.org"
@@ -145,14 +158,22 @@ def test_groups_without_blank_line_between_them() -> None:
     msg.set_boundary("B2")
     report = parse(msg.as_bytes())
     got = [(r.address, r.status, r.verdict.reason) for r in report.recipients]
-    assert got == [("one@example.jp", "5.1.1", "userunknown"),
-                   ("two@example.jp", "5.2.2", "mailboxfull")]
+    assert got == [
+        ("one@example.jp", "5.1.1", "userunknown"),
+        ("two@example.jp", "5.2.2", "mailboxfull"),
+    ]
 
 
 def test_delay_notice() -> None:
     raw = _dsn(
-        [_failed("slow@example.jp", "4.4.1", "connect to mx.example.jp: Connection timed out",
-                 action="delayed")],
+        [
+            _failed(
+                "slow@example.jp",
+                "4.4.1",
+                "connect to mx.example.jp: Connection timed out",
+                action="delayed",
+            )
+        ],
         subject="Delayed Mail (still being retried)",
     )
     report = parse(raw)
@@ -238,9 +259,16 @@ def test_plain_text_exim_bounce_with_inline_original() -> None:
 def test_ses_json_notification() -> None:
     note = {
         "notificationType": "Bounce",
-        "bounce": {"bounceType": "Permanent", "bouncedRecipients": [
-            {"emailAddress": "x@example.jp", "status": "5.1.1",
-             "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
+        "bounce": {
+            "bounceType": "Permanent",
+            "bouncedRecipients": [
+                {
+                    "emailAddress": "x@example.jp",
+                    "status": "5.1.1",
+                    "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                }
+            ],
+        },
         "mail": {"messageId": "m-1", "headers": [{"name": "X-Postwarden-Id", "value": "t1"}]},
     }
     msg = EmailMessage()
@@ -266,8 +294,14 @@ def test_ordinary_mail_is_unknown() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"\x00\xff\xfe", b"Content-Type: multipart/report; boundary=x\n\n--x\n",
-     b"From: \n\n", b"Subject: =?utf-8?q?broken\n\n\xff\xff", b"\r\n\r\n\r\n"],
+    [
+        b"",
+        b"\x00\xff\xfe",
+        b"Content-Type: multipart/report; boundary=x\n\n--x\n",
+        b"From: \n\n",
+        b"Subject: =?utf-8?q?broken\n\n\xff\xff",
+        b"\r\n\r\n\r\n",
+    ],
 )
 def test_garbage_never_raises(raw: bytes) -> None:
     report = parse(raw)
@@ -276,8 +310,7 @@ def test_garbage_never_raises(raw: bytes) -> None:
 
 
 def test_truncated_dsn_never_raises() -> None:
-    raw = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")],
-               original=_original())
+    raw = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")], original=_original())
     for cut in range(0, len(raw), 97):
         assert isinstance(parse(raw[:cut]), Report)
 
@@ -285,8 +318,12 @@ def test_truncated_dsn_never_raises() -> None:
 def test_split_mbox() -> None:
     one = b"From: a@example.jp\nSubject: one\n\nbody\n"
     two = b"From: b@example.jp\nSubject: two\n\nbody\n"
-    mbox = b"From MAILER-DAEMON Thu Apr 29 23:34:45 2010\n" + one + \
-        b"From MAILER-DAEMON Thu Apr 29 23:34:46 2010\n" + two
+    mbox = (
+        b"From MAILER-DAEMON Thu Apr 29 23:34:45 2010\n"
+        + one
+        + b"From MAILER-DAEMON Thu Apr 29 23:34:46 2010\n"
+        + two
+    )
     assert split_mbox(mbox) == [one, two]
     assert split_mbox(one) == [one]
     assert split_mbox(b"From x Thu Apr 29 23:34:45 2010\n" + one) == [one]
@@ -296,8 +333,14 @@ def test_parse_bounce_lines(tmp_path) -> None:
     path = tmp_path / "b.eml"
     path.write_bytes(_dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")]))
     assert parse_bounce_lines(str(path)) == [
-        {"file": str(path), "recipient": "a@example.jp", "status": "5.1.1",
-         "reason": "userunknown", "hard": True, "kind": "bounce"}
+        {
+            "file": str(path),
+            "recipient": "a@example.jp",
+            "status": "5.1.1",
+            "reason": "userunknown",
+            "hard": True,
+            "kind": "bounce",
+        }
     ]
     other = tmp_path / "o.eml"
     other.write_bytes(b"From: x@example.jp\nSubject: hello\n\nhi\n")
@@ -307,8 +350,7 @@ def test_parse_bounce_lines(tmp_path) -> None:
         parse_bounce_lines(str(tmp_path / "missing.eml"))
 
 
-_SAMPLE = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")],
-               original=_original())
+_SAMPLE = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")], original=_original())
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -318,11 +360,14 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=0, max_value=len(_SAMPLE)), st.binary(max_size=64),
-       st.integers(min_value=0, max_value=len(_SAMPLE)))
+@given(
+    st.integers(min_value=0, max_value=len(_SAMPLE)),
+    st.binary(max_size=64),
+    st.integers(min_value=0, max_value=len(_SAMPLE)),
+)
 def test_mutated_mime_never_raises(cut: int, junk: bytes, at: int) -> None:
     raw = _SAMPLE[:at] + junk + _SAMPLE[at:]
-    assert isinstance(parse(raw[:cut + len(junk)]), Report)
+    assert isinstance(parse(raw[: cut + len(junk)]), Report)
 
 
 def test_declared_boundary_missing_uses_the_boundary_present() -> None:
@@ -363,8 +408,11 @@ def test_exim_file_destination_reports_the_generating_address() -> None:
         "    generated by nyaan@example.jp\n"
         "    mailbox is full: retry timeout exceeded\n"
     )
-    group = {"Final-Recipient": "rfc822;/var/spool/mail/box/nyaan", "Action": "failed",
-             "Status": "5.0.0"}
+    group = {
+        "Final-Recipient": "rfc822;/var/spool/mail/box/nyaan",
+        "Action": "failed",
+        "Status": "5.0.0",
+    }
     report = parse(_dsn([group], human=human))
     (r,) = report.recipients
     assert r.address == "nyaan@example.jp"
@@ -372,19 +420,30 @@ def test_exim_file_destination_reports_the_generating_address() -> None:
 
 
 def test_ses_notification_inside_sns_envelope() -> None:
-    note = {"notificationType": "Bounce", "bounce": {"bouncedRecipients": [
-        {"emailAddress": "y@example.jp", "status": "5.2.2",
-         "diagnosticCode": "smtp; 552 5.2.2 Mailbox full"}]}, "mail": {}}
+    note = {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bouncedRecipients": [
+                {
+                    "emailAddress": "y@example.jp",
+                    "status": "5.2.2",
+                    "diagnosticCode": "smtp; 552 5.2.2 Mailbox full",
+                }
+            ]
+        },
+        "mail": {},
+    }
     envelope = {"Type": "Notification", "Message": json.dumps(note)}
     text = json.dumps(envelope)
-    wrapped = "\n".join(text[i:i + 76] for i in range(0, len(text), 76))  # SNS line wrapping
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))  # SNS line wrapping
     msg = EmailMessage()
     msg["From"] = "no-reply@sns.amazonaws.com"
     msg["Subject"] = "AWS Notification Message"
     msg.set_content(wrapped)
     report = parse(msg.as_bytes())
     assert [(r.address, r.verdict.reason) for r in report.recipients] == [
-        ("y@example.jp", "mailboxfull")]
+        ("y@example.jp", "mailboxfull")
+    ]
 
 
 def test_microsoft_jmrp_complaint() -> None:

@@ -150,8 +150,7 @@ _MAX_PARTS = 200  # MIME parts looked at in one mail
 _MAX_TEXT = 200_000  # characters of one text part kept for scanning
 _DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _RETURNED_TYPES = frozenset({"message/rfc822", "message/global"})
-_HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/global-headers",
-                            "message/rfc822-headers"})
+_HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/global-headers", "message/rfc822-headers"})
 
 Block = list[tuple[str, str]]
 
@@ -163,7 +162,7 @@ def _header_text(value: object) -> str:
     if not text.isascii():
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if "\n" in text:
-        text = _WS_RE.sub(" ", text)
+        return " ".join(text.split())
     return text.strip()
 
 
@@ -175,26 +174,27 @@ def _items(message: Message) -> Block:
 class _Msg:
     """Header access over one parsed message, with plain-text values."""
 
-    __slots__ = ("headers", "message")
+    __slots__ = ("message", "names", "values")
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        self.headers = _items(message)
+        raw = list(message.raw_items())
+        self.names = [str(k).strip().lower() for k, _ in raw]
+        self.values = [v for _, v in raw]  # made plain text only when asked for
 
     def get(self, name: str, default: str = "") -> str:
         name = name.lower()
-        for key, value in self.headers:
+        for i, key in enumerate(self.names):
             if key == name:
-                return value
+                return _header_text(self.values[i])
         return default
 
     def has(self, name: str) -> bool:
-        name = name.lower()
-        return any(key == name for key, _ in self.headers)
+        return name.lower() in self.names
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
-        return [value for key, value in self.headers if key == name]
+        return [_header_text(self.values[i]) for i, key in enumerate(self.names) if key == name]
 
 
 def _part_text(part: Message) -> str:
@@ -323,9 +323,18 @@ def _field_blocks(text: str) -> list[list[tuple[str, str]]]:
 
 _RCPT_FIELDS = frozenset(
     {
-        "original-recipient", "final-recipient", "action", "status", "remote-mta",
-        "diagnostic-code", "last-attempt-date", "will-retry-until", "x-actual-recipient",
-        "final-log-id", "x-supplementary-info", "x-display-name",
+        "original-recipient",
+        "final-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
+        "last-attempt-date",
+        "will-retry-until",
+        "x-actual-recipient",
+        "final-log-id",
+        "x-supplementary-info",
+        "x-display-name",
     }
 )
 
@@ -382,7 +391,7 @@ def _headers_from_text(text: str) -> dict[str, str]:
     if start is None:
         return {}
     chunk_lines = []
-    for line in lines[start:start + 400]:
+    for line in lines[start : start + 400]:
         if not line.strip():
             break  # the end of the header block: the body is not needed
         chunk_lines.append(line)
@@ -458,7 +467,8 @@ def _walk(part: Message, parts: _Parts, depth: int = 0) -> None:
     if ctype in _RETURNED_TYPES:
         inner: Message | None = None
         if str(part.get("Content-Transfer-Encoding", "")).strip().lower() in (
-            "base64", "quoted-printable"
+            "base64",
+            "quoted-printable",
         ):
             inner = _encoded_inner(part)
         else:
@@ -544,16 +554,27 @@ def parse_bounce_lines(path: str) -> list[dict]:
         report = parse(piece)
         if not report.recipients or report.kind in (Kind.AUTOREPLY, Kind.UNKNOWN):
             lines.append(
-                {"file": path, "recipient": None, "status": None, "reason": None, "hard": None,
-                 "kind": str(report.kind if report.kind != Kind.BOUNCE else Kind.UNKNOWN)}
+                {
+                    "file": path,
+                    "recipient": None,
+                    "status": None,
+                    "reason": None,
+                    "hard": None,
+                    "kind": str(report.kind if report.kind != Kind.BOUNCE else Kind.UNKNOWN),
+                }
             )
             continue
         for r in report.recipients:
             v = r.verdict
             lines.append(
-                {"file": path, "recipient": r.address, "status": r.status,
-                 "reason": v.reason if v else None, "hard": v.hard if v else None,
-                 "kind": str(r.kind)}
+                {
+                    "file": path,
+                    "recipient": r.address,
+                    "status": r.status,
+                    "reason": v.reason if v else None,
+                    "hard": v.hard if v else None,
+                    "kind": str(r.kind),
+                }
             )
     return lines
 
@@ -561,7 +582,7 @@ def parse_bounce_lines(path: str) -> list[dict]:
 def _parse(raw: bytes, depth: int = 0) -> Report:
     if raw.startswith(b"From "):
         nl = raw.find(b"\n")
-        raw = raw[nl + 1:] if nl >= 0 else b""
+        raw = raw[nl + 1 :] if nl >= 0 else b""
     if len(raw) > _MAX_BYTES:
         raw = raw[: raw.rfind(b"\n", 0, _MAX_BYTES) + 1 or _MAX_BYTES]
     if len(raw) > _MAX_BYTES:
@@ -633,7 +654,10 @@ class _Context:
     body: str = ""
 
     def report(
-        self, kind: Kind, recipients: tuple[Recipient, ...], feedback_type: str | None = None,
+        self,
+        kind: Kind,
+        recipients: tuple[Recipient, ...],
+        feedback_type: str | None = None,
         returned: dict[str, str] | None = None,
     ) -> Report:
         headers = returned if returned is not None else self.returned
@@ -695,8 +719,12 @@ def _unsubscribe(ctx: _Context) -> Report:
 
 # ---- RFC 3464 ---------------------------------------------------------------------------------
 _ACTION_KIND = {
-    "failed": Kind.BOUNCE, "failure": Kind.BOUNCE, "delayed": Kind.DELAY,
-    "delivered": Kind.SUCCESS, "relayed": Kind.SUCCESS, "expanded": Kind.SUCCESS,
+    "failed": Kind.BOUNCE,
+    "failure": Kind.BOUNCE,
+    "delayed": Kind.DELAY,
+    "delivered": Kind.SUCCESS,
+    "relayed": Kind.SUCCESS,
+    "expanded": Kind.SUCCESS,
     "deliverable": Kind.SUCCESS,
 }
 _TYPE_PREFIX_RE = re.compile(r"^\s*[\w\-]{1,20}\s*;\s*")
@@ -707,14 +735,19 @@ def _from_dsn(ctx: _Context) -> Report | None:
     groups: list[dict[str, str]] = []
     groups.extend(_groups_from_blocks(ctx.parts.delivery_status))
     if not groups:
-        return None
+        # A delivery-status with its per-message fields only (no recipient group): the failed
+        # recipient is the one the returned message was addressed to, when there is just one.
+        to = _ADDR_RE.findall(" ".join(ctx.returned.get(h, "") for h in ("to", "cc")))
+        if len(to) != 1:
+            return None
+        groups = [{"final-recipient": f"rfc822; {_addr(*to[0])}"}]
     human = "\n".join(ctx.parts.texts) or "\n".join(_html_to_text(h) for h in ctx.parts.htmls)
     return _report_from_groups(ctx, groups, human)
 
 
 def _from_dsn_text(ctx: _Context, body: str) -> Report | None:
     start = body.lower().find("final-recipient:")
-    region = body[max(0, start - 2000):]
+    region = body[max(0, start - 2000) :]
     groups = _recipient_groups(region)
     if not groups:
         return None
@@ -737,6 +770,10 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
             alt = _generated_by(ctx, human_region, final)
             if alt:
                 final = alt
+        elif final.startswith("@"):  # no local part: the address the report names instead
+            alt = _address_for_domain(ctx, human_region, final[1:])
+            if alt:
+                final = alt
         original = _clean_address(g.get("original-recipient", "")) or _clean_address(
             g.get("x-actual-recipient", "")
         )
@@ -757,11 +794,11 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
         m = _DIAG_PREFIX_RE.match(raw_diag)
         if m:
             diag_type = m.group(0).strip().rstrip(";").strip().lower()
-            raw_diag = raw_diag[m.end():]
+            raw_diag = raw_diag[m.end() :]
         diag = _SPACE_RE.sub(" ", raw_diag).strip()
         relayed = _RELAYED_REPLY_RE.match(diag)
         if relayed:  # "5.1.0 - Unknown address error 550-'5.7.1 ...'": the remote's own words
-            diag = diag[relayed.end():]
+            diag = diag[relayed.end() :]
         context = _snippet_for(human_region, final, original)
         remote = g.get("remote-mta")
         remote_mta = _TYPE_PREFIX_RE.sub("", remote).strip() or None if remote else None
@@ -769,8 +806,11 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
         diag_status = extract_status(diag)
         if not diag_status and context:
             diag_status = extract_status(context)
-        if status and diag_status and diag_status[0] == status[0] and (
-            status.endswith(".0.0") or status[2:] == "4.7"
+        if (
+            status
+            and diag_status
+            and diag_status[0] == status[0]
+            and (status.endswith(".0.0") or status[2:] == "4.7")
         ):
             status = diag_status
         if not status:
@@ -785,7 +825,7 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
                 # usually has the rest of the server's words.
                 tail = context.find(diag[-30:])
                 if tail >= 0:
-                    text = f"{diag} {context[tail + 30:tail + 330]}"
+                    text = f"{diag} {context[tail + 30 : tail + 330]}"
             if diag_type.startswith("x-unix") and "x-unix" not in text.lower():
                 text = f"x-unix; {text}"
             command = smtp_command(diag.lower()) or smtp_command(context.lower())
@@ -798,11 +838,27 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
     return ctx.report(_overall(recipients), tuple(recipients))
 
 
+def _address_for_domain(ctx: _Context, human: str, host: str) -> str | None:
+    """A complete address for a Final-Recipient that lost its local part: the one address of
+    that domain (or of a parent domain of that host) in the human-readable part or in the
+    returned message's recipients."""
+    sources = (human, " ".join(ctx.returned.get(h, "") for h in ("to", "cc")))
+    for text in sources:
+        found = {
+            _addr(m.group(1), m.group(2))
+            for m in _ADDR_RE.finditer(text)
+            if host.lower() == m.group(2).lower() or host.lower().endswith("." + m.group(2).lower())
+        }
+        if len(found) == 1:
+            return found.pop()
+    return None
+
+
 def _generated_by(ctx: _Context, human: str, destination: str) -> str | None:
     low = human.lower()
     pos = low.find(destination.lower())
     if pos >= 0:
-        m = re.search(r"generated by\s+<?([^\s<>]+@[^\s<>]+)", human[pos:pos + 600], re.I)
+        m = re.search(r"generated by\s+<?([^\s<>]+@[^\s<>]+)", human[pos : pos + 600], re.I)
         if m:
             return _clean_address(m.group(1))
     for v in ctx.msg.get_all("X-Failed-Recipients"):
@@ -818,8 +874,10 @@ _RELAYED_REPLY_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3} - [A-Za-z ]{3,60} (?=[2
 
 def _weak(diag: str) -> bool:
     """A diagnostic with only codes or boilerplate: read the human-readable part as well."""
-    letters = sum(c.isalpha() for c in diag)
-    return letters < 6
+    return _SIX_LETTERS_RE.search(diag) is None
+
+
+_SIX_LETTERS_RE = re.compile(r"(?:[^\W\d_][\W\d_]*){6}")
 
 
 def _norm_status(value: str) -> str | None:
@@ -855,7 +913,7 @@ def _from_ses(ctx: _Context) -> Report | None:
     end = body.rfind("}")
     if start < 0 or end <= start:
         return None
-    data = _loads_wrapped(body[start:end + 1])
+    data = _loads_wrapped(body[start : end + 1])
     if isinstance(data, dict) and isinstance(data.get("Message"), str):
         data = _loads_wrapped(data["Message"])  # an SNS envelope: the notification inside
     if not isinstance(data, dict):
@@ -883,8 +941,9 @@ def _from_ses(ctx: _Context) -> Report | None:
             text = diag or f"{btype} {b.get('bounceSubType', '')}"
             kind = Kind.BOUNCE
             verdict = classify(text, status=status, reply_code=reply)
-            recipients.append(Recipient(addr, None, kind, status, reply, diag,
-                                        r.get("remoteMtaIp"), verdict))
+            recipients.append(
+                Recipient(addr, None, kind, status, reply, diag, r.get("remoteMtaIp"), verdict)
+            )
         return ctx.report(_overall(recipients), tuple(recipients), returned=returned)
     if ntype == "complaint":
         c = data.get("complaint") or {}
@@ -892,20 +951,31 @@ def _from_ses(ctx: _Context) -> Report | None:
         for r in c.get("complainedRecipients") or []:
             addr = _clean_address(str(r.get("emailAddress", "")))
             if addr:
-                recipients.append(Recipient(addr, None, Kind.COMPLAINT, None, None, "", None,
-                                            None))
-        return ctx.report(Kind.COMPLAINT, tuple(recipients),
-                          feedback_type=str(ftype).lower() if ftype else "abuse",
-                          returned=returned)
+                recipients.append(Recipient(addr, None, Kind.COMPLAINT, None, None, "", None, None))
+        return ctx.report(
+            Kind.COMPLAINT,
+            tuple(recipients),
+            feedback_type=str(ftype).lower() if ftype else "abuse",
+            returned=returned,
+        )
     if ntype == "delivery":
         d = data.get("delivery") or {}
         diag = str(d.get("smtpResponse") or "")
         for a in d.get("recipients") or []:
             addr = _clean_address(str(a))
             if addr:
-                recipients.append(Recipient(addr, None, Kind.SUCCESS, extract_status(diag),
-                                            extract_reply_code(diag), diag,
-                                            d.get("remoteMtaIp"), None))
+                recipients.append(
+                    Recipient(
+                        addr,
+                        None,
+                        Kind.SUCCESS,
+                        extract_status(diag),
+                        extract_reply_code(diag),
+                        diag,
+                        d.get("remoteMtaIp"),
+                        None,
+                    )
+                )
         return ctx.report(Kind.SUCCESS, tuple(recipients), returned=returned)
     return None
 
@@ -925,8 +995,10 @@ def _looks_like_autoreply(ctx: _Context) -> bool:
         or msg.has("X-Autoreply")
         or msg.has("X-Autorespond")
         or prec == "auto_reply"
-        or (str(msg.get("X-Auto-Response-Suppress", "")).lower() == "all"
-        and _AUTOREPLY_SUBJECT_RE.search(ctx.subject))
+        or (
+            str(msg.get("X-Auto-Response-Suppress", "")).lower() == "all"
+            and _AUTOREPLY_SUBJECT_RE.search(ctx.subject)
+        )
     ):
         return not _BOUNCE_SUBJECT_RE.search(ctx.subject) or bool(
             _AUTOREPLY_SUBJECT_RE.search(ctx.subject)
@@ -1004,7 +1076,7 @@ def _snippet_for(region: str, final: str, original: str | None) -> str:
         pos = low.find(addr.lower())
         if pos >= 0:
             line_start = low.rfind("\n", 0, pos) + 1
-            chunk = region[line_start:line_start + 600]
+            chunk = region[line_start : line_start + 600]
             for nxt in _NEXT_RCPT_RE.finditer(chunk, pos - line_start + len(addr)):
                 if addr.lower() not in nxt.group(0).lower():  # another recipient's lines
                     chunk = chunk[: nxt.start()]
@@ -1021,15 +1093,14 @@ def _from_plain(ctx: _Context) -> Report:
     msg = ctx.msg
     body = ctx.body.replace("\r\n", "\n").replace("\r", "\n")
     region = _cut_returned(body)
-    tail = body[len(region):]
+    tail = body[len(region) :]
     returned = ctx.returned
     if not returned and tail:
         returned = _headers_from_text(tail)
         ctx.returned = returned
 
     senders: set[str] = set()
-    for h in ("From", "To", "Delivered-To", "X-Original-To", "Return-Path", "Reply-To",
-              "Sender"):
+    for h in ("From", "To", "Delivered-To", "X-Original-To", "Return-Path", "Reply-To", "Sender"):
         for v in msg.get_all(h):
             for m in _ADDR_RE.finditer(_decode_header(v)):
                 senders.add(_addr(m.group(1), m.group(2)).lower())
@@ -1037,9 +1108,7 @@ def _from_plain(ctx: _Context) -> Report:
         for m in _ADDR_RE.finditer(returned.get(h, "")):
             senders.add(_addr(m.group(1), m.group(2)).lower())
 
-    failed = [
-        a.strip() for v in msg.get_all("X-Failed-Recipients") for a in v.split(",")
-    ]
+    failed = [a.strip() for v in msg.get_all("X-Failed-Recipients") for a in v.split(",")]
     failed = [c for c in (_clean_address(a) for a in failed if a) if c]
 
     # Candidate recipients: addresses in the human-readable region, in order; "strong" ones
@@ -1061,8 +1130,11 @@ def _from_plain(ctx: _Context) -> Report:
         seen.add(key)
         line_start = max(region.rfind("\n", 0, m.start()) + 1, m.start() - 200)
         line_end = region.find("\n", m.end(), m.end() + 200)
-        line = region[line_start:m.start()] + "ADDR" + region[m.end():line_end if line_end >= 0
-                                                              else m.end() + 200]
+        line = (
+            region[line_start : m.start()]
+            + "ADDR"
+            + region[m.end() : line_end if line_end >= 0 else m.end() + 200]
+        )
         if _STRONG_RE.search(line):
             (strong_senders if key in senders else strong).append((addr, m.start()))
         elif key not in senders:
@@ -1145,8 +1217,8 @@ _FAIL_SUBJ_RE = re.compile(r"fail|undeliver|returned|error|rejected", re.I)
 
 def _plausible(region: str, start: int, end: int) -> bool:
     """Skip addresses inside URLs and Message-IDs."""
-    before = region[max(0, start - 12):start].lower()
+    before = region[max(0, start - 12) : start].lower()
     if "://" in before or before.endswith("message-id: <") or before.endswith("id=<"):
         return False
-    after = region[end:end + 1]
+    after = region[end : end + 1]
     return after != "/"

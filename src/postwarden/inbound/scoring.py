@@ -18,8 +18,11 @@ from postwarden.inbound.dsn import Kind, Recipient, Report, parse, split_mbox
 __all__ = ["CorpusScore", "load_corpus", "measure_rate", "parse_file", "score_corpus"]
 
 _FAILURE_KINDS = (Kind.BOUNCE, Kind.DELAY)
-_KIND_FOR_REASON = {"feedback": Kind.COMPLAINT, "vacation": Kind.AUTOREPLY,
-                    "delivered": Kind.SUCCESS}
+_KIND_FOR_REASON = {
+    "feedback": Kind.COMPLAINT,
+    "vacation": Kind.AUTOREPLY,
+    "delivered": Kind.SUCCESS,
+}
 
 
 @dataclass
@@ -66,11 +69,17 @@ class CorpusScore:
 
 def load_corpus(corpus: Path) -> tuple[list[dict], list[dict]]:
     """(expected rows, not-bounce rows)."""
-    rows = [json.loads(line) for line in (corpus / "expected.jsonl").read_text().splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (corpus / "expected.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     nb_path = corpus / "not_bounce.jsonl"
-    not_bounce = [json.loads(line) for line in nb_path.read_text().splitlines()
-                  if line.strip()] if nb_path.exists() else []
+    not_bounce = (
+        [json.loads(line) for line in nb_path.read_text().splitlines() if line.strip()]
+        if nb_path.exists()
+        else []
+    )
     return rows, not_bounce
 
 
@@ -78,8 +87,9 @@ def parse_file(raw: bytes) -> list[Report]:
     return [parse(piece) for piece in split_mbox(raw)]
 
 
-def _find(recipients: list[Recipient], used: set[int], row: dict,
-          kinds: tuple[Kind, ...]) -> Recipient | None:
+def _find(
+    recipients: list[Recipient], used: set[int], row: dict, kinds: tuple[Kind, ...]
+) -> Recipient | None:
     wanted = {a.lower() for a in (row.get("recipient"), row.get("recipient_alias")) if a}
     for i, r in enumerate(recipients):
         if i in used or r.kind not in kinds:
@@ -111,7 +121,8 @@ def score_corpus(corpus: Path) -> CorpusScore:
                 score.kinds[reason].add(good)
                 if not good:
                     score.misses.append(
-                        f"{name}: kind {[str(r.kind) for r in reports]} expected {kind}")
+                        f"{name}: kind {[str(r.kind) for r in reports]} expected {kind}"
+                    )
                 continue
             if not row.get("recipient"):
                 continue
@@ -124,12 +135,16 @@ def score_corpus(corpus: Path) -> CorpusScore:
                 score.reason.add(good)
                 score.per_reason[reason].add(good)
                 if not good:
-                    got = (f"{verdict.reason} st={found.status}" if found and verdict
-                           else f"no recipient (got {[r.address for r in recipients]})")
+                    got = (
+                        f"{verdict.reason} st={found.status}"
+                        if found and verdict
+                        else f"no recipient (got {[r.address for r in recipients]})"
+                    )
                     diag = found.diagnostic[:160] if found else ""
                     score.misses.append(
                         f"{name}#{row.get('index')}: want {reason} st={row.get('status')} "
-                        f"got {got} | {diag}")
+                        f"got {got} | {diag}"
+                    )
     for row in not_bounce:
         reports = parse_file((corpus / row["file"]).read_bytes())
         bounced = any(r.kind in _FAILURE_KINDS for rep in reports for r in rep.recipients)

@@ -6,6 +6,9 @@ pragmas, PostgreSQL's ``SKIP LOCKED``) are handled here and in ``postwarden.queu
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,121 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
+BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite transaction waits for the write lock (the in-process lock, then SQLite's
+own busy handler for other processes) before failing with "database is locked"."""
+
+READ_ONLY = "postwarden_read_only"
+"""Execution option: ``engine.execution_options(**{READ_ONLY: True})`` (see :func:`reader`)
+marks transactions that never write. On SQLite they begin deferred and take no write lock;
+on PostgreSQL the option changes nothing."""
+
+
+class _WriteLock:
+    """A process's lock on one SQLite file's writes, knowing which thread holds it."""
+
+    __slots__ = ("_lock", "owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self.owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+
+_write_locks: dict[str, _WriteLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(database: str | None) -> _WriteLock:
+    key = database if database in (None, "", ":memory:") else os.path.realpath(database)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key or ":memory:", _WriteLock())
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A pysqlite connection in autocommit mode (``isolation_level = None``) whose
+    transactions Postwarden begins itself (see :func:`_sqlite_begin`).
+
+    A write transaction holds its database's in-process lock from its ``BEGIN IMMEDIATE``
+    until its COMMIT or ROLLBACK, so the threads of one process queue on a lock (woken at
+    once) instead of in SQLite's busy handler (which sleeps in steps of milliseconds); other
+    processes still wait through ``busy_timeout``."""
+
+    pw_write_lock: _WriteLock | None = None  # this database's lock
+    pw_held: _WriteLock | None = None  # set while this connection's transaction holds it
+
+    def _pw_release(self, *, always: bool = False) -> None:
+        held = self.pw_held
+        if held is not None and (always or not self.in_transaction):
+            self.pw_held = None
+            held.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._pw_release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._pw_release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._pw_release(always=True)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Begin each transaction on SQLite: ``BEGIN IMMEDIATE`` under the in-process write lock.
+
+    A deferred BEGIN that reads and then writes fails at once with SQLITE_BUSY when another
+    connection committed in between (the busy handler cannot help: its snapshot is stale), so
+    every transaction takes the write lock up front, except those marked :data:`READ_ONLY`
+    and those a thread opens while it already holds the lock through another connection
+    (waiting for itself would never end): these begin deferred, as pysqlite did."""
+    dbapi = conn.connection.dbapi_connection
+    lock = getattr(dbapi, "pw_write_lock", None)
+    if (
+        lock is None
+        or conn.get_execution_options().get(READ_ONLY)
+        or lock.owner == threading.get_ident()
+    ):
+        conn.exec_driver_sql("BEGIN")
+        return
+    if not lock.acquire(BUSY_TIMEOUT):
+        raise sqlite3.OperationalError("database is locked (by another thread)")
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        lock.release()
+        raise
+    dbapi.pw_held = lock
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for transactions that only read (see :data:`READ_ONLY`)."""
+    return engine.execution_options(**{READ_ONLY: True})
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
@@ -41,15 +152,26 @@ def connect(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={
+                "check_same_thread": False,
+                "timeout": BUSY_TIMEOUT,
+                "factory": _SQLiteConnection,
+            },
             poolclass=pool.QueuePool,
             pool_size=8,
             max_overflow=8,
             **kwargs,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; take the write lock up front
-        # in write transactions instead (see ``postwarden.queue``).
+        lock = _write_lock(engine.url.database)
+
+        def _on_connect(dbapi_connection: Any, record: Any) -> None:
+            # No implicit BEGIN from pysqlite: ``_sqlite_begin`` emits every BEGIN itself.
+            dbapi_connection.isolation_level = None
+            dbapi_connection.pw_write_lock = lock
+            _sqlite_pragmas(dbapi_connection, record)
+
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
 
