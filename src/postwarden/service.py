@@ -40,9 +40,6 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop where available (cheaper transports and scheduling)."""
-    import os, sys
-    if os.environ.get("PW_SWITCH"):
-        sys.setswitchinterval(float(os.environ["PW_SWITCH"]))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(main)
 
