@@ -420,13 +420,6 @@ def recent_broadcasts(conn: Connection, account_id: int, limit: int = 5) -> list
     return items
 
 
-def open_rate(counts: dict[str, int]) -> float | None:
-    """Opened or clicked, out of those delivered or later; None before anything is delivered."""
-    delivered = sum(counts.get(s, 0) for s in DELIVERED_VALUES)
-    opened = counts.get("opened", 0) + counts.get("clicked", 0)
-    return opened / delivered if delivered else None
-
-
 def suppression_count(conn: Connection, account_id: int) -> int:
     return (
         conn.scalar(
@@ -474,7 +467,11 @@ def _engagement_rate(part: int, base: int) -> float | None:
     return round(part / base, 4) if base else None
 
 
-def _engagement_flags(account_id: int, start: datetime, end: datetime) -> Any:
+def _window(start: datetime, end: datetime) -> list[Any]:
+    return [m.c.created_at >= start, m.c.created_at < end]
+
+
+def _engagement_flags(account_id: int, scope: list[Any]) -> Any:
     """Per message with tracking events: opened/clicked at all, and by a person."""
     e = t.events
     machine = e.c.data["machine"].as_boolean()
@@ -490,12 +487,7 @@ def _engagement_flags(account_id: int, start: datetime, end: datetime) -> Any:
             func.max(case((and_(clicked, human), 1), else_=0)).label("c_h"),
         )
         .join(m, m.c.id == e.c.message_id)
-        .where(
-            m.c.account_id == account_id,
-            m.c.created_at >= start,
-            m.c.created_at < end,
-            e.c.kind.in_(("opened", "clicked")),
-        )
+        .where(m.c.account_id == account_id, *scope, e.c.kind.in_(("opened", "clicked")))
         .group_by(e.c.message_id)
         .subquery()
     )
@@ -518,9 +510,10 @@ def engagement_report(
     if since and until and since > until:
         raise errors.InvalidInput("since is after until")
     start, end = report_window(since, until)
-    rows = _engagement_rows(conn, account_id, group, start, end)
+    scope = _window(start, end)
+    rows = _engagement_rows(conn, account_id, group, scope)
     by_category = (
-        rows if group == "category" else _engagement_rows(conn, account_id, "category", start, end)
+        rows if group == "category" else _engagement_rows(conn, account_id, "category", scope)
     )
     read_most = sorted(
         (r for r in by_category if r["sent"]),
@@ -540,10 +533,21 @@ def engagement_report(
     }
 
 
+def broadcast_engagement(
+    conn: Connection, account_id: int, broadcast_ids: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    """The engagement figures of these broadcasts (whenever they were sent), by broadcast id."""
+    if not broadcast_ids:
+        return {}
+    scope = [m.c.broadcast_id.in_(list(broadcast_ids))]
+    rows = _engagement_rows(conn, account_id, "broadcast", scope)
+    return {row["key"]: row for row in rows}
+
+
 def _engagement_rows(
-    conn: Connection, account_id: int, group: str, start: datetime, end: datetime
+    conn: Connection, account_id: int, group: str, scope: list[Any]
 ) -> list[dict[str, Any]]:
-    flags = _engagement_flags(account_id, start, end)
+    flags = _engagement_flags(account_id, scope)
     if group == "broadcast":
         key: Any = m.c.broadcast_id
     elif group == "category":
@@ -563,12 +567,7 @@ def _engagement_rows(
             func.sum(func.coalesce(flags.c.c_all, 0)).label("clicked_all"),
         )
         .select_from(m.outerjoin(flags, flags.c.message_id == m.c.id))
-        .where(
-            m.c.account_id == account_id,
-            m.c.created_at >= start,
-            m.c.created_at < end,
-            m.c.channel == "email",
-        )
+        .where(m.c.account_id == account_id, *scope, m.c.channel == "email")
         .group_by(key)
     )
     if group == "broadcast":

@@ -337,8 +337,9 @@ def dashboard(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
     days = queries.daily_counts(conn, user.account_id, days=CHART_DAYS)
     peak = max((sum(c.values()) for _, c in days), default=0)
     broadcasts = queries.recent_broadcasts(conn, user.account_id)
+    engagement = queries.broadcast_engagement(conn, user.account_id, [b["id"] for b in broadcasts])
     for b in broadcasts:
-        b["open_rate"] = queries.open_rate(b["counts"])
+        b["open_rate"] = engagement.get(b["id"], {}).get("open_rate_human")
     return _page(
         request,
         "dashboard.html",
@@ -723,7 +724,9 @@ def broadcast(request: Request, broadcast_id: int, user: UserDep, conn: api.Conn
         counts=sorted(counts.items(), key=lambda kv: STATUSES.index(kv[0])),
         peak=max(counts.values(), default=0),
         total=sum(counts.values()),
-        open_rate=queries.open_rate(counts),
+        engagement=queries.broadcast_engagement(conn, user.account_id, [broadcast_id]).get(
+            broadcast_id, {}
+        ),
         page=page,
         status=status,
         next_url=_with(filters, cursor=page.next_cursor) if page.next_cursor else None,
