@@ -10,11 +10,16 @@ class RawServer:
 
     mode "silent": accepts TCP and never says anything.
     Recipients starting "drop" make it close the connection in the middle of DATA;
-    "bye" gets "421 4.3.2 shutting down" and the connection closed.
+    "bye" gets "421 4.3.2 shutting down" and the connection closed; "unknown" gets 550 5.1.1 and
+    "full" 452 4.2.2. With ``pipelining`` it offers PIPELINING (RFC 2920): it reads one command
+    line at a time and answers in order, so pipelined commands simply arrive before their turn.
     """
 
-    def __init__(self, mode: str = "normal", data_delay: float = 0.0) -> None:
+    def __init__(
+        self, mode: str = "normal", data_delay: float = 0.0, *, pipelining: bool = False
+    ) -> None:
         self.mode = mode
+        self.pipelining = pipelining
         self.data_delay = data_delay
         self.connections = 0
         self.active = 0
@@ -59,7 +64,8 @@ class RawServer:
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb == b"EHLO":
-                writer.write(b"250-raw.test\r\n250 8BITMIME\r\n")
+                offers = b"250-PIPELINING\r\n" if self.pipelining else b""
+                writer.write(b"250-raw.test\r\n" + offers + b"250 8BITMIME\r\n")
             elif verb == b"MAIL":
                 writer.write(b"250 2.1.0 Ok\r\n")
             elif verb == b"RCPT":
@@ -68,7 +74,16 @@ class RawServer:
                     writer.write(b"421 4.3.2 raw.test shutting down\r\n")
                     await writer.drain()
                     return
-                writer.write(b"250 2.1.5 Ok\r\n")
+                if rcpt.startswith("unknown"):
+                    writer.write(b"550 5.1.1 <" + rcpt.encode() + b">: User unknown\r\n")
+                    rcpt = ""
+                elif rcpt.startswith("full"):
+                    writer.write(b"452 4.2.2 <" + rcpt.encode() + b">: Mailbox full\r\n")
+                    rcpt = ""
+                else:
+                    writer.write(b"250 2.1.5 Ok\r\n")
+            elif verb == b"DATA" and not rcpt:
+                writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
             elif verb == b"DATA":
                 writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 await writer.drain()

@@ -384,3 +384,50 @@ def test_build_dsn_is_parseable() -> None:
     assert blocks[0]["Reporting-MTA"] == "dns; mx.example.test"
     assert blocks[1]["Action"] == "delayed" and blocks[1]["Status"] == "4.2.2"
     assert blocks[1]["Diagnostic-Code"] == "smtp; 452 4.2.2 Mailbox full"
+
+
+# region PIPELINING (RFC 2920): the same outcomes whether or not the server offers it
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+async def test_outcomes_with_and_without_pipelining(pipelining: bool) -> None:
+    async with RawServer(pipelining=pipelining) as raw:
+        rcpts = [
+            "a@example.test",
+            "unknown1@example.test",
+            "b@example.test",
+            "full1@example.test",
+            "c@example.test",
+        ]
+        r = await send(
+            config(raw.port), "example.test", [make(i, rcpt) for i, rcpt in enumerate(rcpts)]
+        )
+    assert [(x.outcome, x.code, x.enhanced) for x in r] == [
+        ("accepted", 250, "2.0.0"),
+        ("permanent", 550, "5.1.1"),
+        ("accepted", 250, "2.0.0"),
+        ("temporary", 452, "4.2.2"),
+        ("accepted", 250, "2.0.0"),
+    ]
+    assert raw.delivered == ["a@example.test", "b@example.test", "c@example.test"]
+    assert raw.connections == 1
+    refused = r[1].transcript
+    assert "C: RCPT TO:<unknown1@example.test>" in refused and "S: 550 5.1.1" in refused
+    assert "<message" not in refused, "no body is sent after a refused recipient"
+    assert BODY_MARKER.encode() not in b"".join(x.transcript.encode() for x in r)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+async def test_drop_and_421_with_and_without_pipelining(pipelining: bool) -> None:
+    async with RawServer(pipelining=pipelining) as raw:
+        batch = [
+            make(1, "a@example.test"),
+            make(2, "drop@example.test"),
+            make(3, "b@example.test"),
+            make(4, "bye@example.test"),
+            make(5, "c@example.test"),
+        ]
+        r = await send(config(raw.port, command_timeout=1, data_timeout=1), "example.test", batch)
+    assert [x.outcome for x in r] == ["accepted", "temporary", "accepted", "temporary", "temporary"]
+    assert r[1].code is None and r[3].code == 421
+    assert raw.delivered == ["a@example.test", "b@example.test"]

@@ -543,12 +543,12 @@ class _Session:
         failure: _Failure | None = None
         try:
             self._write(lines, f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode(encoding), "MAIL FROM")
-            replies = [
-                await self._read(lines, "MAIL FROM", ct),
-                await self._read(lines, "RCPT TO", ct),
-                await self._read(lines, "DATA", cfg.data_timeout),
-            ]
-            for (code, text), expected in zip(replies, (2, 2, 3), strict=True):
+            replies: list[tuple[int, str]] = []
+            for what, timeout in (("MAIL FROM", ct), ("RCPT TO", ct), ("DATA", cfg.data_timeout)):
+                replies.append(await self._read(lines, what, timeout))
+                if replies[-1][0] == 421:  # the server is closing: no further replies come
+                    break
+            for (code, text), expected in zip(replies, (2, 2, 3), strict=False):
                 if code // 100 != expected:
                     failure = _Failure(code, text, alive=code != 421)
                     break
@@ -566,7 +566,7 @@ class _Session:
                     failure = _Failure(code, text, alive=code != 421)
                 else:
                     return "accepted", code, _enhanced(code, text), _first_line(text), lines, True
-            elif replies[2][0] == 354:  # DATA accepted after all: end it with an empty body
+            elif len(replies) == 3 and replies[2][0] == 354:  # DATA accepted after all: end it
                 self._write(lines, b".\r\n", "DATA")
                 await self._read(lines, "DATA", cfg.data_timeout)
         except _Failure as exc:
