@@ -7,6 +7,7 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiosmtplib
@@ -14,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
-from postwarden import accounts, intake, recorder, schemas, suppression, verp
+from postwarden import accounts, clock, intake, recorder, schemas, suppression, verp
 from postwarden.channels.smtp import SMTPChannel, SMTPConfig
 from postwarden.dispatcher import Dispatcher
 from postwarden.inbound import apply
@@ -701,3 +702,20 @@ async def test_late_bounce_from_simulator_end_to_end(
 
 
 # endregion
+
+
+def test_a_mail_left_processing_by_a_dead_process_is_claimed_again(
+    parts: Parts, engine: Engine
+) -> None:
+    store = InboundServer(parts, host="127.0.0.1", port=0).store
+    (inbound_id,) = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x")]
+    with engine.begin() as conn:
+        assert apply.claim(conn, 10) == [inbound_id]  # ... and then the process dies
+    with engine.begin() as conn:
+        assert apply.claim(conn, 10) == [], "a fresh claim is left alone"
+        conn.execute(
+            update(t.inbound_mails).values(
+                claimed_at=clock.now() - apply.CLAIM_TIMEOUT - timedelta(seconds=1)
+            )
+        )
+        assert apply.claim(conn, 10) == [inbound_id]

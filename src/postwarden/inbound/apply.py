@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
 from postwarden import addresses, classify, clock, recorder, suppression, verp
 from postwarden.compose import TOKEN_HEADER
@@ -88,12 +88,23 @@ class _Target:
 # region claiming
 
 
+CLAIM_TIMEOUT = timedelta(minutes=5)
+"""A mail still "processing" this long after it was claimed was left by a process that died:
+it is claimed again (applying it twice changes nothing: its events are deduplicated)."""
+
+
 def claim(conn: Connection, limit: int) -> list[int]:
     """Take up to ``limit`` new mails (oldest first) and mark them "processing"; on
     PostgreSQL another process skips the rows this one holds."""
+    now = clock.now()
     pick = (
         select(im.c.id)
-        .where(im.c.state == NEW)
+        .where(
+            or_(
+                im.c.state == NEW,
+                and_(im.c.state == PROCESSING, im.c.claimed_at < now - CLAIM_TIMEOUT),
+            )
+        )
         .order_by(im.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -101,7 +112,7 @@ def claim(conn: Connection, limit: int) -> list[int]:
     claimed = conn.scalars(
         update(im)
         .where(im.c.id.in_(pick.scalar_subquery()))
-        .values(state=PROCESSING)
+        .values(state=PROCESSING, claimed_at=now)
         .returning(im.c.id)
     )
     return sorted(claimed)

@@ -294,6 +294,7 @@ inbound_mails = Table(
     Column("rcpt_to", JSON, nullable=False, default=list),
     Column("raw", LargeBinary, nullable=False),
     Column("state", String(16), nullable=False, default="new"),
+    Column("claimed_at", When),
     Column("kind", String(16)),
     Column("error", Text),
     Column("account_id", ForeignKey("accounts.id", ondelete="SET NULL")),

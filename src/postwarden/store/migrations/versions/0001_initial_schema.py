@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:28:02.269650
+Create Date: 2026-11-22 14:52:37.775068
 """
 
 from __future__ import annotations
@@ -186,6 +186,7 @@ def upgrade() -> None:
         sa.Column("rcpt_to", sa.JSON(), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("kind", sa.String(length=16), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column(
