@@ -7,10 +7,14 @@ first match wins:
 
 1. *Decisive* enhanced status codes (RFC 3463 / RFC 5248 registry) whose meaning is specific
    enough that no wording overrides them (5.7.26 DMARC, 5.1.6 moved, x.2.2 mailbox full, ...).
-2. Phrases real servers send (Postfix, Exim, Sendmail, qmail, Exchange/Office 365, Gmail, Yahoo,
-   AOL, iCloud, GMX, ...), in the order of :data:`_TEXT_RULES`. Text beats a generic code: 5.7.1 is
-   used for everything, Microsoft's 5.4.1 "Access denied" means the user does not exist and
-   Gmail's 5.7.1 "email quota exceeded" means the mailbox is full.
+2. Providers' own error codes printed in their replies, which name the cause more exactly than
+   the status code beside them (Orange / La Poste "OFR005_505", "LPN000_630"; Spectrum
+   "AUP#In-1310"; Mimecast's documented refusals; Yahoo's "[TSS04]" from Yahoo's own MX, known
+   from the text or the caller's ``remote_host``): :func:`_provider_reason`.
+   Then phrases real servers send (Postfix, Exim, Sendmail, qmail, Exchange/Office 365, Gmail,
+   Yahoo, AOL, iCloud, GMX, ...), in the order of :data:`_TEXT_RULES`. Text beats a generic
+   code: 5.7.1 is used for everything, Microsoft's 5.4.1 "Access denied" means the user does
+   not exist and Gmail's 5.7.1 "email quota exceeded" means the mailbox is full.
    A phrase-based reason is then adjusted by the SMTP command the reply answered (given by the
    caller or read from the text): "User unknown" answering DATA, or with a mailbox/policy code
    rather than an address code, is ``filtered`` (the recipient's filter refused the message);
@@ -736,7 +740,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
             r"may not be mail exchanger|was not authenticated|your server requires confirmation",
             r"confirm this mail server|rejecting open proxy|suspiciously like spammer",
             r"part of their network is on our block list|currently sending spam",
-            r"no access from mail server|sender ip address rejected|host network not allowed",
+            r"no access from mail server|sender ip address rejected",
             r"invalid ip for sending mail|not allowed to send mail from",
             r"too many unwanted messages have been sent from|you are sending spam",
             r"mail from .{1,60} refused|message from .{1,60} rejected based on",
@@ -969,10 +973,6 @@ def _compile_rule(patterns: list[str]) -> tuple[_Gate, tuple[_Entry, ...]]:
     return _gate(union), entries
 
 
-def _open(gate: _Gate, text: str) -> bool:
-    return gate is None or any(lit in text for lit in gate)
-
-
 # (reason, gate, patterns): a pattern's regex only runs when the text contains one of the
 # literals it cannot match without (None: always runs). This keeps classification fast on long
 # bounce texts; the result is the same as trying every regex.
@@ -1093,18 +1093,149 @@ _RCPT_TIME_RE = re.compile(
 )
 
 
+# --------------------------------------------------------------------------------------------
+# Providers' own error codes, printed in their replies. Each one names its cause more exactly
+# than the enhanced status code that comes with it (Orange and La Poste send "421 4.2.0 ...
+# OFR005_505" and "554 5.7.1 ... LPN000_630"; Spectrum/Charter "550 5.1.0 ... AUP#In-1310").
+# --------------------------------------------------------------------------------------------
+# Orange / Wanadoo / La Poste: "OFR004_405", "LPN105_104", "OFR_417", "LPN416", "OUK_513".
+_ORANGE_RE = re.compile(r"\b(?:lpn|ofr|ouk)(?:[a-z]{3})?(?:\d{3})?[_-]?(\d{3})\b")
+_ORANGE_CODES: dict[str, str] = {
+    "100": "blocked",  # sending IP listed on an RBL
+    "101": "blocked",
+    "102": "blocked",  # "Client host blocked for spamming issues"
+    "103": "blocked",  # IP blacklisted by Orange
+    "104": "toomanyconn",  # "Too many connections, slow down"
+    "107": "requireptr",  # no PTR record for the sending IP
+    "109": "toomanyconn",  # too many messages per connection
+    "201": "blocked",  # invalid HELO/EHLO
+    "305": "securityerror",  # "Code d'authentification invalide"
+    "401": "authfailure",  # "SPF: ... is not allowed to send mail"
+    "402": "securityerror",  # "Authentification requise"
+    "403": "rejected",  # "Emetteur invalide. Invalid Sender."
+    "405": "rejected",
+    "415": "rejected",
+    "416": "userunknown",  # "Adresse d au moins un destinataire invalide"
+    "417": "mailboxfull",  # "Boite du destinataire pleine. Recipient overquota."
+    "418": "userunknown",
+    "420": "suspend",  # "Boite du destinataire archivee"
+    "421": "rejected",  # "Mail from not owned by user"
+    "425": "rejected",  # sender domain blacklisted
+    "426": "suspend",  # "Le compte du destinataire est bloque"
+    "505": "systemerror",  # "Service refuse. Veuillez essayer plus tard." (end of DATA)
+    "506": "spamdetected",  # "Mail rejete. Mail rejected."
+    "510": "blocked",
+    "514": "mesgtoobig",  # "Taille limite du message atteinte"
+    "515": "authfailure",  # DMARC
+    "517": "authfailure",
+    "519": "authfailure",
+    "630": "policyviolation",  # "Client host rejected" by policy
+    "999": "blocked",  # rate limited for bad behaviour
+}
+# Spectrum / Charter: "AUP#In-1310", "AUP#O-1000": ranges of four-digit codes.
+_SPECTRUM_RE = re.compile(r"aup#[a-z\-]*(\d{4})")
+_SPECTRUM_CODES: tuple[tuple[int, int, str], ...] = (
+    (1000, 1000, "blocked"),  # IP blocked for suspicious activity
+    (1010, 1080, "rejected"),  # the sending account is blocked or limited
+    (1090, 1090, "systemerror"),
+    (1100, 1150, "requireptr"),  # no full-circle reverse DNS
+    (1160, 1190, "policyviolation"),
+    (1200, 1250, "blocked"),  # Cloudmark / Spamhaus listings
+    (1260, 1260, "networkerror"),  # IPv6 not accepted
+    (1300, 1340, "toomanyconn"),  # concurrent / total connection limits
+    (1350, 1490, "speeding"),
+    (1500, 1520, "rejected"),  # sending as another address or domain
+    (1530, 1530, "mesgtoobig"),
+    (1540, 1550, "speeding"),
+    (1560, 1560, "policyviolation"),  # too many invalid recipients
+    (1580, 1580, "speeding"),
+)
+# Yahoo's bracketed codes: "[TSS04] ... temporarily deferred due to unexpected volume or user
+# complaints" answered by Yahoo's own MX (*.yahoodns.net) at MAIL FROM is its refusal of the
+# sender ("rejected"); the same words relayed without Yahoo's host are read as reputation.
+_YAHOO_TSS_RE = re.compile(r"\[tss(?:0[49]|1[01])\]|will be permanently deferred")
+_YAHOO_HOST_RE = re.compile(r"yahoodns\.net\b")
+
+# Mimecast's documented refusals (its "SMTP Error Codes" page): the words are its own.
+_MIMECAST_PHRASES: tuple[tuple[str, str], ...] = (
+    ("spf sender invalid - envelope rejected", "authfailure"),
+    ("dkim sender invalid - envelope rejected", "authfailure"),
+    ("dmarc sender invalid - envelope rejected", "authfailure"),
+    ("local ct ip reputation", "badreputation"),
+    ("ip temporarily blacklisted", "blocked"),
+    ("maximum email size exceeded", "mesgtoobig"),
+    ("account inbounds disabled", "notaccept"),
+    ("anti-spoofing policy", "policyviolation"),
+    ("due to content examination policy", "policyviolation"),
+    ("host network not allowed", "policyviolation"),  # geographical restriction policy
+    ("administrative prohibition envelope blocked", "rejected"),
+    ("envelope blocked - user", "rejected"),
+    ("envelope blocked \u2013 user", "rejected"),
+    ("block policy for envelope from address", "rejected"),
+    ("exceeding outbound thread limit", "toomanyconn"),
+    ("email rejected due to security policies", "virusdetected"),  # virus or spam signature
+)
+_MIMECAST_WORDS = (
+    "envelope",
+    "reputation",
+    "blacklisted",
+    "email size",
+    "inbounds",
+    "polic",
+    "thread limit",
+    "network not allowed",
+)
+
+
+def _provider_reason(text: str, host: str) -> str | None:
+    if "ofr" in text or "lpn" in text or "ouk" in text:
+        m = _ORANGE_RE.search(text)
+        if m:
+            reason = _ORANGE_CODES.get(m.group(1))
+            if reason:
+                return reason
+    if "aup#" in text:
+        m = _SPECTRUM_RE.search(text)
+        if m:
+            code = int(m.group(1))
+            for low, high, reason in _SPECTRUM_CODES:
+                if low <= code <= high:
+                    return reason
+    if "[tss" in text or "permanently deferred" in text:
+        yahoo = _YAHOO_HOST_RE.search(host) or _YAHOO_HOST_RE.search(text)
+        if yahoo and _YAHOO_TSS_RE.search(text):
+            return "rejected"
+    if any(word in text for word in _MIMECAST_WORDS):
+        for phrase, reason in _MIMECAST_PHRASES:
+            if phrase in text:
+                return reason
+    return None
+
+
 _SENDER_SIDE = frozenset({"userunknown", "hostunknown", "onhold", "filtered", "undefined"})
 _CLIENT_SIDE = frozenset(
-    {"userunknown", "hostunknown", "onhold", "filtered", "undefined", "rejected", "securityerror"}
+    {
+        "userunknown",
+        "hostunknown",
+        "onhold",
+        "filtered",
+        "undefined",
+        "rejected",
+        "securityerror",
+    }
 )
 
 
 def _reason(
-    text: str, status: str | None, reply_code: int | None, command: str | None = None
+    text: str,
+    status: str | None,
+    reply_code: int | None,
+    command: str | None = None,
+    host: str = "",
 ) -> str:
     if command is None and text:
         command = smtp_command(text)
-    reason = _base_reason(text, status, reply_code, command)
+    reason = _base_reason(text, status, reply_code, command, host)
     if command == "MAIL" and (
         reason in _SENDER_SIDE or (reason == "securityerror" and "access denied" in text)
     ):
@@ -1114,7 +1245,31 @@ def _reason(
     return reason
 
 
-def _base_reason(text: str, status: str | None, reply_code: int | None, command: str | None) -> str:
+def _first_rule(text: str) -> str | None:
+    """The reason of the first phrase rule that matches. Plain loops rather than any() over
+    generators: this runs dozens of gate checks per text and is the classifier's hot path."""
+    for reason, rule_gate, entries in _COMPILED_RULES:
+        if rule_gate is not None:
+            for lit in rule_gate:
+                if lit in text:
+                    break
+            else:
+                continue
+        for regex, gate in entries:
+            if gate is not None:
+                for lit in gate:
+                    if lit in text:
+                        break
+                else:
+                    continue
+            if regex.search(text):
+                return reason
+    return None
+
+
+def _base_reason(
+    text: str, status: str | None, reply_code: int | None, command: str | None, host: str = ""
+) -> str:
     if status:
         decisive = _DECISIVE_STATUS.get(status)
         if decisive:
@@ -1122,11 +1277,12 @@ def _base_reason(text: str, status: str | None, reply_code: int | None, command:
         if status.startswith("2."):
             return "undefined"
     if text:
-        for reason, rule_gate, entries in _COMPILED_RULES:
-            if not _open(rule_gate, text):
-                continue
-            if any(_open(gate, text) and regex.search(text) for regex, gate in entries):
-                return _refine(reason, text, status, command, reply_code)
+        provider = _provider_reason(text, host)
+        if provider:
+            return provider
+        reason = _first_rule(text)
+        if reason:
+            return _refine(reason, text, status, command, reply_code)
     if status:
         reason = _STATUS_REASON.get(status)
         if reason:
@@ -1149,6 +1305,7 @@ def classify(
     status: str | None = None,
     reply_code: int | None = None,
     command: str | None = None,
+    remote_host: str | None = None,
 ) -> Verdict:
     """Classify a delivery failure from the remote server's words and codes.
 
@@ -1156,12 +1313,15 @@ def classify(
     is the SMTP reply code (550); when None it is read from the text. ``command`` is the SMTP
     command the reply answered ("RCPT", "MAIL", "DATA", "HELO") when the caller knows it; when
     None it is read from the text ("in reply to end of DATA command", "after RCPT TO", ...).
+    ``remote_host`` is the name of the server that sent the reply (a DSN's Remote-MTA), used
+    for the few providers whose codes mean something of their own.
     """
     raw = text or ""
     norm = _SPACE_RE.sub(" ", raw.lower()).strip()
     code = _normalise_status(status) if status else extract_status(raw)
     reply = reply_code if reply_code is not None else extract_reply_code(raw)
-    reason = _reason(norm, code, reply, command.upper() if command else None)
+    host = remote_host.lower() if remote_host else ""
+    reason = _reason(norm, code, reply, command.upper() if command else None, host)
     temporary = bool(
         (code and code.startswith("4."))
         or (reply is not None and 400 <= reply < 500)

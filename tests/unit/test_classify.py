@@ -272,3 +272,59 @@ def test_dsn_without_text_falls_back_on_codes() -> None:
     assert classify("", status="5.6.1").reason == "contenterror"
     assert classify("", status="5.7.99").reason == "securityerror"
     assert classify("", reply_code=521).reason == "notaccept"
+
+
+# Providers' own codes in their replies name the cause more exactly than the status code.
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # Orange / La Poste: the three digits after OFR / LPN / OUK
+        (
+            "550 5.5.0 Boite du destinataire archivee. Archived recipient. LPN007_420",
+            "suspend",
+        ),
+        (
+            "552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417 [417]",
+            "mailboxfull",
+        ),
+        (
+            "421 mwinf5c21 ME Trop de connexions. Too many connections. OFR005_104 [104]",
+            "toomanyconn",
+        ),
+        ("421 4.2.1 Service refuse. Service refused, please try later. LPN007_505", "systemerror"),
+        (
+            "554 5.7.1 <relay.example.net[198.51.100.9]>: Client host rejected LPN000_630",
+            "policyviolation",
+        ),
+        # Spectrum / Charter: AUP#I (incoming) or AUP#O (outgoing) and a four-digit code
+        ("421 4.7.0 Too many connections from your IP. AUP#In-1320", "toomanyconn"),
+        ("554 5.7.1 Your IP has no reverse DNS. AUP#I-1120", "requireptr"),
+        ("452 4.5.3 Too many recipients in a short time AUP#O-1580", "speeding"),
+        # Mimecast's documented refusals
+        ("554 Maximum email size exceeded - https://community.mimecast.com/", "mesgtoobig"),
+        (
+            "550 Anti-Spoofing policy - Inbound not allowed [eu-smtp-1.mimecast.com]",
+            "policyviolation",
+        ),
+        ("554 Email rejected due to security policies - MCSpamSignature.x.1.1", "virusdetected"),
+        ("554 Host network not allowed - https://community.mimecast.com/docs/", "policyviolation"),
+        ("550 Administrative prohibition envelope blocked", "rejected"),
+    ],
+)
+def test_provider_codes(text: str, reason: str) -> None:
+    assert classify(text).reason == reason
+
+
+def test_yahoo_tss_code_from_yahoos_own_mx_is_a_refusal_of_the_sender() -> None:
+    text = (
+        "421 4.7.0 [TSS04] Messages from 203.0.113.7 temporarily deferred due to unexpected "
+        "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+    )
+    from_yahoo = classify(text, command="MAIL", remote_host="mta7.am0.yahoodns.net")
+    assert from_yahoo.reason == "rejected"
+    assert not from_yahoo.hard
+    relayed = "host mta5.am0.yahoodns.net[203.0.113.9] said: 553 5.7.2 [TSS09] All messages "
+    relayed += "from 203.0.113.7 will be permanently deferred; Retrying will NOT succeed."
+    assert classify(relayed).reason == "rejected"
+    # The same words without Yahoo's host: read as the sender's reputation.
+    assert classify(text).reason == "badreputation"

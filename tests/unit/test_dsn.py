@@ -458,3 +458,43 @@ def test_microsoft_jmrp_complaint() -> None:
     assert report.kind is Kind.COMPLAINT
     assert report.recipients[0].address == "victim@hotmail.com"
     assert report.returned_headers["x-postwarden-id"] == "tok-j"
+
+
+def test_sendmail_transcript_of_another_connection_is_not_this_recipients() -> None:
+    raw = (
+        b"From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.org>\n"
+        b"To: news@shop.example\n"
+        b"Subject: Returned mail: see transcript for details\n\n"
+        b"The original message was received at Thu, 1 May 2025 10:00:00 +0000\n"
+        b"from localhost [127.0.0.1]\n\n"
+        b"   ----- The following addresses had permanent fatal errors -----\n"
+        b"<someone@no-such-domain.example>\n\n"
+        b"   ----- Transcript of session follows -----\n"
+        b"550 5.1.2 <someone@no-such-domain.example>... Host unknown (Name server: "
+        b"no-such-domain.example: host not found)\n"
+        b"While talking to mx2.example.net.:\n"
+        b">>> QUIT\n"
+        b"<<< 421 4.3.2 mx2.example.net Service shutting down\n"
+        b"421 mx2.example.net (smtp)... Deferred: Connection reset by peer during greeting "
+        b"wait with mx2.example.net\n\n"
+        b"   ----- Original message follows -----\n"
+        b"From: news@shop.example\nTo: someone@no-such-domain.example\nSubject: hi\n\nbody\n"
+    )
+    (r,) = parse(raw).recipients
+    assert r.address == "someone@no-such-domain.example"
+    assert r.verdict is not None and r.verdict.reason == "hostunknown"
+    assert "greeting" not in r.diagnostic
+
+
+def test_remote_mta_reaches_the_classifier() -> None:
+    group = _failed(
+        "someone@yahoo.example",
+        "4.7.0",
+        "421 4.7.0 [TSS04] Messages from 203.0.113.7 temporarily deferred due to unexpected "
+        "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+    )
+    group["Remote-MTA"] = "dns; mta6.am0.yahoodns.net"
+    (r,) = parse(_dsn([group], original=_original())).recipients
+    assert r.remote_mta == "mta6.am0.yahoodns.net"
+    assert r.verdict is not None and r.verdict.reason == "rejected"
+    assert not r.verdict.hard

@@ -829,7 +829,9 @@ def _report_from_groups(ctx: _Context, groups: list[dict[str, str]], human: str)
             if diag_type.startswith("x-unix") and "x-unix" not in text.lower():
                 text = f"x-unix; {text}"
             command = smtp_command(diag.lower()) or smtp_command(context.lower())
-            verdict = classify(text, status=status, reply_code=reply, command=command)
+            verdict = classify(
+                text, status=status, reply_code=reply, command=command, remote_host=remote_mta
+            )
             if kind is Kind.DELAY and verdict.reason in ("onhold", "undefined"):
                 verdict = classify("delivery delayed", status=None)
         recipients.append(
@@ -1060,8 +1062,16 @@ _CUT_RE = re.compile(
 )
 
 
+# The same, without re.I, for lowercased ASCII text: case-insensitive scanning is several times
+# slower, and this runs over every plain-text bounce.
+_CUT_LOWER_RE = re.compile(_CUT_RE.pattern, re.M)
+
+
 def _cut_returned(text: str) -> str:
-    m = _CUT_RE.search(text)
+    if text.isascii():  # lower() keeps every offset of ASCII text
+        m = _CUT_LOWER_RE.search(text.lower())
+    else:
+        m = _CUT_RE.search(text)
     return text[: m.start()] if m else text
 
 
@@ -1177,6 +1187,11 @@ def _from_plain(ctx: _Context) -> Report:
             if nxt:
                 end = region.rfind("\n", 0, end) + 1 or end
                 end = max(end, pos + 1)
+            # Sendmail: a later "While talking to HOST:" opens the transcript of another
+            # connection, whose replies are not this recipient's.
+            talk = low_region.find("\nwhile talking to ", pos, end)
+            if talk >= 0:
+                end = talk
             diag = region[line_start:end]
             if len(chosen) == 1:
                 before = region[:line_start]
