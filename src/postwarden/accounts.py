@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -16,6 +18,13 @@ from postwarden import clock, errors, store
 from postwarden.store import tables as t
 
 KEY_PREFIX = "pw_"
+
+AUTH_TTL = 5.0
+"""Seconds an authenticated key is trusted without reading the database again (a revoke in
+this process takes effect at once; one made by another process within this time)."""
+
+_auth_cache: dict[str, tuple[float, Account]] = {}
+_auth_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,33 @@ def revoke_key(conn: Connection, key: str) -> None:
     )
     if result.rowcount == 0:
         raise errors.NotFound("no such active API key")
+    forget_keys()
+
+
+def forget_keys() -> None:
+    """Drop the cache of authenticated keys (after a revoke or a change to an account)."""
+    with _auth_lock:
+        _auth_cache.clear()
+
+
+def cached(key: str) -> Account | None:
+    """The account of a key authenticated within :data:`AUTH_TTL` seconds, or None."""
+    hit = _auth_cache.get(_digest(key))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
+def authenticate_cached(conn: Connection, key: str) -> Account | None:
+    """:func:`authenticate`, remembering a success for :data:`AUTH_TTL` seconds."""
+    digest = _digest(key)
+    account = authenticate(conn, key)
+    if account is not None:
+        with _auth_lock:
+            if len(_auth_cache) > 10_000:
+                _auth_cache.clear()
+            _auth_cache[digest] = (time.monotonic() + AUTH_TTL, account)
+    return account
 
 
 def authenticate(conn: Connection, key: str) -> Account | None:

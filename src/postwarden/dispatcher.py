@@ -37,6 +37,9 @@ from postwarden.store import tables as t
 
 log = logging.getLogger(__name__)
 
+WAKE_GATHER = 0.05
+"""Seconds the dispatcher waits after a wake before claiming, to batch a stream of arrivals."""
+
 
 class Dispatcher:
     def __init__(
@@ -72,6 +75,7 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     if claiming is None:
+                        self.wake.clear()  # what is accepted from now on wakes us again
                         claiming = asyncio.ensure_future(asyncio.to_thread(self._claim_and_build))
                     claimed, outgoing = await claiming
                     claiming = None
@@ -79,7 +83,9 @@ class Dispatcher:
                         # Claim ahead only when this batch was full: a short batch means the
                         # queue is (nearly) drained, and claiming ahead would take messages
                         # that newly arrive away from other workers for a whole send.
-                        if len(claimed) >= self.settings.batch_size:
+                        full = len(claimed) >= self.settings.batch_size
+                        if full:
+                            self.wake.clear()
                             claiming = asyncio.ensure_future(
                                 asyncio.to_thread(self._claim_and_build)
                             )
@@ -89,8 +95,14 @@ class Dispatcher:
                         recording = asyncio.ensure_future(
                             asyncio.to_thread(self._record, claimed, outgoing, results)
                         )
-                        continue
-                    if recording is not None:
+                        if full:
+                            continue
+                        # A short batch drained the queue: record it, then wait for a wake
+                        # (or the poll) instead of claiming again at once, so a stream of
+                        # single messages is claimed in batches, not one round per message.
+                        await recording
+                        recording = None
+                    elif recording is not None:
                         await recording
                         recording = None
                         continue
@@ -102,7 +114,6 @@ class Dispatcher:
                         recording = None
                     await asyncio.sleep(self.settings.poll_interval)
                     continue
-                self.wake.clear()
                 waiters = [
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(self.wake.wait()),
@@ -114,6 +125,10 @@ class Dispatcher:
                 )
                 for waiter in waiters:
                     waiter.cancel()
+                if self.wake.is_set() and not stop.is_set():
+                    # Woken by intake: gather what else arrives for a moment, so a stream of
+                    # single messages is claimed in batches, not one claim per message.
+                    await asyncio.sleep(min(WAKE_GATHER, self.settings.poll_interval))
         finally:
             if recording is not None:
                 await asyncio.gather(recording, return_exceptions=True)

@@ -125,10 +125,45 @@ async def _until(stop: asyncio.Event, *work: Awaitable[object]) -> None:
     waiter.cancel()
 
 
+def _http_impl() -> str:
+    """httptools (a C HTTP parser) where installed, else uvicorn's pure-Python h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
 def api_server(parts: Parts, dispatcher: Dispatcher | None, host: str, port: int) -> uvicorn.Server:
-    wake = dispatcher.wake.set if dispatcher else (lambda: None)
+    wake: Callable[[], None] = lambda: None  # noqa: E731
+    if dispatcher is not None:
+        loop = asyncio.get_running_loop()
+        event = dispatcher.wake
+
+        def wake() -> None:
+            """Set the dispatcher's event: at once on the loop, else through the loop (an
+            asyncio.Event is not thread-safe). Setting it again while set costs nothing."""
+            if event.is_set():
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                event.set()
+            else:
+                loop.call_soon_threadsafe(event.set)
+
     app = create_app(parts.settings, parts.engine, parts.secret, wake=wake)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        http=_http_impl(),
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     return server

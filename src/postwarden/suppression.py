@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, and_, delete, func, insert, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 
 from postwarden import addresses, clock, errors, store
 from postwarden.status import Status
@@ -73,6 +73,18 @@ def audit(
     )
 
 
+_SCREEN_SUPPRESSED = select(
+    t.suppressions.c.address,
+    t.suppressions.c.category,
+    t.suppressions.c.reason,
+    t.suppressions.c.detail,
+).where(
+    t.suppressions.c.account_id == bindparam("account_id"),
+    t.suppressions.c.address.in_(bindparam("addresses", expanding=True)),
+)
+_SCREEN_BLOCKED = select(t.blocks.c.pattern).where(t.blocks.c.account_id == bindparam("account_id"))
+
+
 class Screen:
     """Intake's look-up of the suppression and block lists for a set of addresses."""
 
@@ -88,21 +100,11 @@ class Screen:
         self.suppressed: dict[tuple[str, str], Entry] = {}
         for i in range(0, len(wanted), _CHUNK):
             rows = conn.execute(
-                select(
-                    t.suppressions.c.address,
-                    t.suppressions.c.category,
-                    t.suppressions.c.reason,
-                    t.suppressions.c.detail,
-                ).where(
-                    t.suppressions.c.account_id == account_id,
-                    t.suppressions.c.address.in_(wanted[i : i + _CHUNK]),
-                )
+                _SCREEN_SUPPRESSED, {"account_id": account_id, "addresses": wanted[i : i + _CHUNK]}
             )
             for row in rows:
                 self.suppressed[(row.address, row.category)] = Entry(*row)
-        self.blocked = set(
-            conn.scalars(select(t.blocks.c.pattern).where(t.blocks.c.account_id == account_id))
-        )
+        self.blocked = set(conn.scalars(_SCREEN_BLOCKED, {"account_id": account_id}))
 
     def decide(self, address: str, category: str) -> tuple[Status, str] | None:
         """Blocked or dropped with the reason shown to people; None when it may be sent."""

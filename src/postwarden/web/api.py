@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import Connection, insert, select
+from starlette.concurrency import run_in_threadpool
 
 from postwarden import (
     accounts,
@@ -20,6 +21,7 @@ from postwarden import (
     queries,
     recorder,
     schemas,
+    store,
     suppression,
 )
 from postwarden.accounts import Account
@@ -49,14 +51,26 @@ def _conn(request: Request) -> Iterator[Connection]:
         conn.commit()
 
 
-def _account(
+def _read_conn(request: Request) -> Iterator[Connection]:
+    """A connection for requests that only read (no write lock on SQLite)."""
+    with store.reader(request.app.state.engine).connect() as conn:
+        yield conn
+
+
+def _authenticate(request: Request, key: str) -> Account | None:
+    with store.reader(request.app.state.engine).connect() as conn:
+        return accounts.authenticate_cached(conn, key)
+
+
+async def _account(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Account:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized()
-    with request.app.state.engine.connect() as conn:
-        account = accounts.authenticate(conn, credentials.credentials)
+    account = accounts.cached(credentials.credentials)  # no thread, no query on a hit
+    if account is None:
+        account = await run_in_threadpool(_authenticate, request, credentials.credentials)
     if account is None:
         raise _unauthorized("the API key is unknown or revoked")
     return account
@@ -70,6 +84,7 @@ def _unauthorized(message: str | None = None) -> HTTPException:
 
 AccountDep = Annotated[Account, Depends(_account)]
 ConnDep = Annotated[Connection, Depends(_conn)]
+ReadConnDep = Annotated[Connection, Depends(_read_conn)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
@@ -92,15 +107,20 @@ class MessagePage(BaseModel):
     response_model=schemas.Accepted,
     summary="Send one email",
 )
-def send_message(
+async def send_message(
     body: schemas.MessageIn,
     account: AccountDep,
-    conn: ConnDep,
     settings: SettingsDep,
     request: Request,
 ) -> schemas.Accepted:
-    accepted = intake.submit_message(conn, account, body, _limits(settings))
-    conn.commit()
+    engine = request.app.state.engine
+    limits = _limits(settings)
+
+    def submit() -> schemas.Accepted:  # one thread hop and one transaction per request
+        with engine.begin() as conn:
+            return intake.submit_message(conn, account, body, limits)
+
+    accepted = await run_in_threadpool(submit)
     request.app.state.wake()
     return accepted
 
@@ -108,7 +128,7 @@ def send_message(
 @router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")
 def list_messages(
     account: AccountDep,
-    conn: ConnDep,
+    conn: ReadConnDep,
     status_: Annotated[
         list[str] | None, Query(alias="status", description="repeat or comma-separate")
     ] = None,
@@ -136,7 +156,7 @@ def list_messages(
 
 
 @router.get("/messages/{message_id}", summary="One message: status, reason, timeline, attempts")
-def get_message(message_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+def get_message(message_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.message_detail(conn, account.id, message_id)
 
 
@@ -194,7 +214,7 @@ def send_broadcast(
 
 
 @router.get("/broadcasts/{broadcast_id}", summary="A broadcast and its counts per status")
-def get_broadcast(broadcast_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+def get_broadcast(broadcast_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.broadcast_detail(conn, account.id, broadcast_id)
 
 
@@ -223,7 +243,7 @@ def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) 
 
 
 @router.get("/contacts/{contact_id}", summary="One contact")
-def get_contact(contact_id: int, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+def get_contact(contact_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     row = conn.execute(
         select(t.contacts).where(
             t.contacts.c.id == contact_id, t.contacts.c.account_id == account.id
@@ -237,7 +257,7 @@ def get_contact(contact_id: int, account: AccountDep, conn: ConnDep) -> dict[str
 @router.get("/suppressions", summary="The suppression list (bounced addresses)")
 def list_suppressions(
     account: AccountDep,
-    conn: ConnDep,
+    conn: ReadConnDep,
     search: str = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -280,7 +300,7 @@ def remove_suppression(
 
 
 @router.get("/blocks", summary="The block list")
-def list_blocks(account: AccountDep, conn: ConnDep) -> dict[str, Any]:
+def list_blocks(account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return {"items": [dict(r._mapping) for r in suppression.list_blocks(conn, account.id)]}  # type: ignore[attr-defined]
 
 

@@ -31,10 +31,10 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, update
 from starlette.concurrency import run_in_threadpool
 
-from postwarden import clock, engagement, queries, suppression, tracking
+from postwarden import accounts, clock, engagement, queries, suppression, tracking
 from postwarden.settings import Settings
 from postwarden.store import tables as t
-from postwarden.web.api import AccountDep, ConnDep
+from postwarden.web.api import AccountDep, ConnDep, ReadConnDep
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,8 @@ def patch_account(body: AccountPatch, account: AccountDep, conn: ConnDep) -> dic
     suppression.audit(
         conn, account.id, "api", "account.tracking", account.name, tracking=body.tracking
     )
+    conn.commit()
+    accounts.forget_keys()  # the cached Account carries the tracking flag
     return {"name": account.name, "tracking": body.tracking}
 
 
@@ -272,7 +274,7 @@ def patch_account(body: AccountPatch, account: AccountDep, conn: ConnDep) -> dic
 )
 def engagement_report(
     account: AccountDep,
-    conn: ConnDep,
+    conn: ReadConnDep,
     group: Annotated[Literal["broadcast", "category", "day"], Query()] = "broadcast",
     since: date | None = None,
     until: date | None = None,

@@ -27,7 +27,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from postwarden import accounts, addresses, errors, intake, queries, recorder, suppression, users
+from postwarden import (
+    accounts,
+    addresses,
+    errors,
+    intake,
+    queries,
+    recorder,
+    store,
+    suppression,
+    users,
+)
 from postwarden.status import UNDELIVERED, Status
 from postwarden.web import api
 
@@ -170,7 +180,7 @@ def _user(request: Request) -> users.User:
     user_id = _session(request).get("uid")
     user = None
     if isinstance(user_id, int):
-        with request.app.state.engine.connect() as conn:
+        with store.reader(request.app.state.engine).connect() as conn:
             user = users.by_id(conn, user_id)
     if user is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -430,7 +440,8 @@ def mail_log_csv(request: Request, user: UserDep) -> Response:
         writer = csv.writer(buffer)
         writer.writerow(_CSV_FIELDS)
         cursor, sent = None, 0
-        with engine.connect() as conn:
+        # a reader: a long download must not hold SQLite's write lock
+        with store.reader(engine).connect() as conn:
             while sent < CSV_MAX_ROWS:
                 page = queries.mail_log(conn, user.account_id, f, cursor=cursor, limit=1000)
                 for item in page.items:
