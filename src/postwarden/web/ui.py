@@ -1,20 +1,17 @@
 """The admin web UI: server-rendered pages over the same reads and actions as the JSON API.
 
-Sessions are a signed cookie (HMAC-SHA256 with a key derived from the app's secret), HttpOnly
-and SameSite=Lax. Every visitor's session carries a random CSRF token; every form posts it
-back and a POST without the matching token is refused with 403 before anything else happens.
+Sessions are Starlette's signed cookie (itsdangerous), HttpOnly and SameSite=Lax. Every
+visitor's session carries a random CSRF token; every form posts it back, and a POST without
+the matching token is refused with 403 before anything else happens.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import hmac
 import io
-import json
 import secrets
-import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,6 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
+from starlette.middleware.sessions import SessionMiddleware
 
 from postwarden import (
     accounts,
@@ -75,7 +73,20 @@ CHANNELS = ["email", "sms"]
 
 
 def install(app: FastAPI) -> None:
-    """Add the UI's pages and its static files to the app."""
+    """Add the UI's pages, its static files and its sessions to the app.
+
+    Sessions are Starlette's signed cookie (itsdangerous), keyed by a key derived from the
+    app's secret: HttpOnly, SameSite=Lax, 12 hours."""
+    secret: bytes = app.state.secret
+    key = hmac.new(secret, b"postwarden web ui session", hashlib.sha256).hexdigest()
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=key,
+        session_cookie=COOKIE,
+        max_age=SESSION_SECONDS,
+        same_site="lax",
+        https_only=app.state.settings.tracking_base_url.startswith("https://"),
+    )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -83,79 +94,19 @@ def install(app: FastAPI) -> None:
 # region sessions and CSRF
 
 
-def _key(request: Request) -> bytes:
-    secret: bytes = request.app.state.secret
-    return hmac.new(secret, b"postwarden web ui session", hashlib.sha256).digest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(request: Request, data: dict[str, Any]) -> str:
-    body = _b64(json.dumps(data, separators=(",", ":")).encode())
-    mac = hmac.new(_key(request), body.encode(), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}"
-
-
-def _unsign(request: Request, value: str) -> dict[str, Any] | None:
-    body, _, mac = value.partition(".")
-    expected = hmac.new(_key(request), body.encode(), hashlib.sha256).digest()
-    try:
-        if not hmac.compare_digest(_unb64(mac), expected):
-            return None
-        data = json.loads(_unb64(body))
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("exp", 0) < time.time():
-        return None
-    return data
-
-
-def _session(request: Request) -> dict[str, Any]:
-    if not hasattr(request.state, "session"):
-        raw = request.cookies.get(COOKIE)
-        data = _unsign(request, raw) if raw else None
-        request.state.session = data or {}
-        request.state.session_changed = False
-    return request.state.session  # type: ignore[no-any-return]
-
-
 def _set(request: Request, **values: Any) -> None:
-    session = _session(request)
     for name, value in values.items():
         if value is None:
-            session.pop(name, None)
+            request.session.pop(name, None)
         else:
-            session[name] = value
-    request.state.session_changed = True
+            request.session[name] = value
 
 
 def _csrf(request: Request) -> str:
-    session = _session(request)
+    session = request.session
     if "csrf" not in session:
         _set(request, csrf=secrets.token_urlsafe(24))
     return session["csrf"]  # type: ignore[no-any-return]
-
-
-def _save(request: Request, response: Response) -> Response:
-    if getattr(request.state, "session_changed", False):
-        session = _session(request)
-        session["exp"] = int(time.time()) + SESSION_SECONDS
-        response.set_cookie(
-            COOKIE,
-            _sign(request, session),
-            max_age=SESSION_SECONDS,
-            httponly=True,
-            samesite="lax",
-            secure=request.url.scheme == "https",
-            path="/",
-        )
-    return response
 
 
 def _flash(request: Request, text: str, kind: str = "ok") -> None:
@@ -166,7 +117,7 @@ async def csrf_form(request: Request) -> FormData:
     """The posted form, once its CSRF token matches the session's; 403 otherwise."""
     form = await request.form()
     sent = form.get("csrf")
-    expected = _session(request).get("csrf")
+    expected = request.session.get("csrf")
     if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
         raise HTTPException(
             403,
@@ -177,7 +128,7 @@ async def csrf_form(request: Request) -> FormData:
 
 def _user(request: Request) -> users.User:
     """The signed-in user, or a redirect to the sign-in page."""
-    user_id = _session(request).get("uid")
+    user_id = request.session.get("uid")
     user = None
     if isinstance(user_id, int):
         with store.reader(request.app.state.engine).connect() as conn:
@@ -233,8 +184,7 @@ def _page(
     status_code: int = 200,
     **context: Any,
 ) -> Response:
-    session = _session(request)
-    flash = session.get("flash")
+    flash = request.session.get("flash")
     if flash:
         _set(request, flash=None)
     response = templates.TemplateResponse(
@@ -243,11 +193,11 @@ def _page(
         {"user": user, "csrf": _csrf(request), "flash": flash, **context},
         status_code=status_code,
     )
-    return _save(request, response)
+    return response
 
 
-def _redirect(request: Request, url: str) -> Response:
-    return _save(request, RedirectResponse(url, status_code=303))
+def _redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=303)
 
 
 def _not_found(request: Request, user: users.User, what: str) -> Response:
@@ -321,17 +271,17 @@ def login(request: Request, form: FormDep) -> Response:
             error="The email address or the password is wrong.",
         )
     # A fresh session (and CSRF token) at sign-in: nothing set before it carries over.
-    request.state.session = {}
+    request.session.clear()
     _set(request, uid=user.id, csrf=secrets.token_urlsafe(24))
-    return _redirect(request, target)
+    return _redirect(target)
 
 
 @router.post("/logout")
 def logout(request: Request, form: FormDep) -> Response:
-    request.state.session = {}
+    request.session.clear()
     _set(request, csrf=secrets.token_urlsafe(24))
     _flash(request, "You are signed out.")
-    return _redirect(request, "/login")
+    return _redirect("/login")
 
 
 # endregion
@@ -507,7 +457,7 @@ def cancel(
         return _not_found(request, user, f"message {message_id}")
     except errors.PostwardenError as exc:
         _flash(request, exc.message, "error")
-    return _redirect(request, f"/messages/{message_id}")
+    return _redirect(f"/messages/{message_id}")
 
 
 @router.post("/messages/{message_id}/resend")
@@ -532,14 +482,14 @@ def resend(
         return _not_found(request, user, f"message {message_id}")
     except errors.PostwardenError as exc:
         _flash(request, f"Not resent: {exc.message}", "error")
-        return _redirect(request, back)
+        return _redirect(back)
     request.app.state.wake()
     _flash(
         request,
         f"Message {message_id} was resent as message {accepted.id} ({accepted.status}).",
         "ok" if accepted.status == "pending" else "error",
     )
-    return _redirect(request, back)
+    return _redirect(back)
 
 
 @router.get("/undelivered", response_class=HTMLResponse)
@@ -643,7 +593,7 @@ def remove_suppression(
         conn.commit()
     except errors.PostwardenError as exc:
         _flash(request, exc.message, "error")
-        return _redirect(request, "/suppressions")
+        return _redirect("/suppressions")
     text = f"{address} is marked as valid: later messages to it will be sent."
     if dropped:
         text += (
@@ -651,7 +601,7 @@ def remove_suppression(
             "resend them from the undelivered report."
         )
     _flash(request, text)
-    return _redirect(request, "/suppressions")
+    return _redirect("/suppressions")
 
 
 @router.post("/suppressions")
@@ -671,9 +621,9 @@ def add_suppression(request: Request, form: FormDep, user: UserDep, conn: api.Co
         conn.commit()
     except errors.PostwardenError as exc:
         _flash(request, f"Not added: {exc.message}", "error")
-        return _redirect(request, "/suppressions")
+        return _redirect("/suppressions")
     _flash(request, f"{address} " + ("is suppressed." if added else "was already suppressed."))
-    return _redirect(request, "/suppressions")
+    return _redirect("/suppressions")
 
 
 @router.post("/blocks")
@@ -686,12 +636,12 @@ def add_block(request: Request, form: FormDep, user: UserDep, conn: api.ConnDep)
         conn.commit()
     except errors.PostwardenError as exc:
         _flash(request, f"Not blocked: {exc.message}", "error")
-        return _redirect(request, "/suppressions#blocks")
+        return _redirect("/suppressions#blocks")
     _flash(
         request,
         f"{pattern.strip().lower()} " + ("is blocked." if added else "was already blocked."),
     )
-    return _redirect(request, "/suppressions#blocks")
+    return _redirect("/suppressions#blocks")
 
 
 @router.post("/blocks/remove")
@@ -704,7 +654,7 @@ def remove_block(request: Request, form: FormDep, user: UserDep, conn: api.ConnD
         _flash(request, exc.message, "error")
     else:
         _flash(request, f"{pattern} is no longer blocked.")
-    return _redirect(request, "/suppressions#blocks")
+    return _redirect("/suppressions#blocks")
 
 
 @router.get("/broadcasts/{broadcast_id}", response_class=HTMLResponse)
