@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from email.utils import parseaddr
 
@@ -29,9 +30,18 @@ _PLAIN = re.compile(
 _SPECIAL = frozenset(name for name in SPECIAL_USE_DOMAIN_NAMES if name != "test")
 
 
+@functools.lru_cache(maxsize=4096)
 def _special_use(domain: str) -> bool:
     labels = domain.lower().split(".")
     return any(".".join(labels[i:]) in _SPECIAL for i in range(len(labels)))
+
+
+def plain(address: str) -> str | None:
+    """The normal form of an address the fast path of :func:`check` accepts, else None (the
+    address may still be valid: ask :func:`check`)."""
+    if _PLAIN.fullmatch(address) and not _special_use(address.rpartition("@")[2]):
+        return address.lower()
+    return None
 
 
 def check(address: str) -> str:

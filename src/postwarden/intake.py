@@ -7,11 +7,14 @@ nothing: validation happens before the first write, and all writes share one tra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Engine, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from postwarden import addresses, clock, errors, schemas
@@ -19,7 +22,7 @@ from postwarden.accounts import Account
 from postwarden.settings import Settings
 from postwarden.status import Kind, Status
 from postwarden.store import tables as t
-from postwarden.suppression import Screen
+from postwarden.suppression import SCREEN_CACHE, Screen
 
 _DECISION_KIND = {
     Status.FAILED: Kind.FAILED,
@@ -55,6 +58,8 @@ class Limits:
 _INSERT_CONTENT = insert(t.contents).returning(t.contents.c.id)
 _INSERT_MESSAGE = insert(t.messages).returning(t.messages.c.id)
 _INSERT_EVENTS = insert(t.events)
+_INSERT_MESSAGES_MANY = insert(t.messages)
+_REASON_BY_VALUE = {state.value: reason for state, reason in _DECISION_REASON.items()}
 
 
 def _store_content(
@@ -197,9 +202,7 @@ def submit_message(
             with conn.begin_nested():
                 (message_id,) = _insert_messages(conn, [row])
         except IntegrityError as exc:  # the same idempotency key, submitted concurrently
-            raise errors.Conflict(
-                "a message with this idempotency key is being accepted"
-            ) from exc
+            raise errors.Conflict("a message with this idempotency key is being accepted") from exc
     if files:
         conn.execute(
             insert(t.attachments),
@@ -222,15 +225,110 @@ def _allowed(preferences: dict[str, list[str]], category: str, channel: str) -> 
     return chosen is None or channel in chosen
 
 
+def _insert_broadcast(
+    conn: Connection, constants: dict[str, Any], rows: list[tuple[str, str, int | None, Any]]
+) -> None:
+    """Insert a broadcast's messages: ``constants`` are the columns every row shares, each row
+    is (to_addr, status, contact_id, decision detail). No RETURNING: nothing needs the ids
+    here (the decision events are inserted from the stored rows, see :func:`submit_broadcast`).
+
+    On SQLite the statement is compiled once and the shared values are bound-processed once
+    (JSON, timestamps), so the per-row work is building one tuple; sqlite3's ``executemany``
+    loops in C. Elsewhere SQLAlchemy's executemany (insertmanyvalues batches on PostgreSQL).
+    """
+    pending = Status.PENDING.value
+    now = constants["created_at"]
+    names = [*constants, "to_addr", "status", "contact_id", "detail", "reason", "next_attempt_at"]
+    # A column this raw statement would leave out must not need SQLAlchemy's own default.
+    raw_ok = all(c.name in names or c.primary_key or c.default is None for c in t.messages.columns)
+    if not raw_ok or conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
+        for i in range(0, len(rows), 5000):
+            conn.execute(
+                _INSERT_MESSAGES_MANY,
+                [
+                    constants
+                    | {
+                        "to_addr": address,
+                        "status": state,
+                        "contact_id": contact_id,
+                        "reason": _REASON_BY_VALUE.get(state),
+                        "detail": detail,
+                        "next_attempt_at": now if state == pending else None,
+                    }
+                    for address, state, contact_id, detail in rows[i : i + 5000]
+                ],
+            )
+        return
+    dialect = conn.dialect
+
+    def processed(name: str, value: Any) -> Any:
+        process = t.messages.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        return process(value) if process is not None and value is not None else value
+
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {quote(t.messages.name)} ({', '.join(map(quote, names))}) "
+        f"VALUES ({', '.join('?' * len(names))})"
+    )
+    head = tuple(processed(n, v) for n, v in constants.items())
+    due = processed("next_attempt_at", now)
+    reasons = _REASON_BY_VALUE
+    for i in range(0, len(rows), 20_000):
+        conn.exec_driver_sql(
+            sql,
+            [
+                (*head, a, s, c, d, reasons.get(s), due if s == pending else None)
+                for a, s, c, d in rows[i : i + 20_000]
+            ],
+        )
+
+
+def _broadcast_events(conn: Connection, broadcast_id: int) -> None:
+    """One event per intake decision of a broadcast (every row that is not pending), in
+    message order, from the rows just stored: the same rows :func:`_decision_events` makes."""
+    now = clock.now()
+    m = t.messages
+    ev = t.events
+    conn.execute(
+        insert(ev).from_select(
+            [
+                "message_id",
+                "kind",
+                "source",
+                "occurred_at",
+                "recorded_at",
+                "status_after",
+                "reason",
+                "detail",
+                "data",
+            ],
+            select(
+                m.c.id,
+                m.c.status,  # the decision's event kind has the status's name
+                literal("intake", ev.c.source.type),
+                literal(now, ev.c.occurred_at.type),
+                literal(now, ev.c.recorded_at.type),
+                m.c.status,
+                m.c.reason,
+                m.c.detail,
+                literal({}, ev.c.data.type),
+            )
+            .where(m.c.broadcast_id == broadcast_id, m.c.status != Status.PENDING.value)
+            .order_by(m.c.id),
+        )
+    )
+
+
 def submit_broadcast(
     conn: Connection, account: Account, body: schemas.BroadcastIn, limits: Limits
 ) -> schemas.BroadcastAccepted:
     """Store one content for many recipients, taking every intake decision in bulk."""
-    if len(body.recipients) > limits.max_broadcast_recipients:
+    recipients = body.recipients
+    if len(recipients) > limits.max_broadcast_recipients:
         raise errors.InvalidInput(
-            f"{len(body.recipients)} recipients; the limit is {limits.max_broadcast_recipients}"
+            f"{len(recipients)} recipients; the limit is {limits.max_broadcast_recipients}"
         )
-    contact_ids = sorted({r.contact_id for r in body.recipients if r.contact_id is not None})
+    contact_ids = sorted({cid for r in recipients if (cid := r.get("contact_id")) is not None})
     contacts: dict[int, Any] = {}
     for i in range(0, len(contact_ids), 2000):
         for row in conn.execute(
@@ -248,30 +346,40 @@ def submit_broadcast(
         )
 
     category = body.category
-    planned: list[tuple[str, int | None, tuple[Status, str] | None]] = []
-    for recipient in body.recipients:
-        contact = contacts.get(recipient.contact_id) if recipient.contact_id else None
-        raw = contact.email if contact is not None else recipient.email
+    failed = Status.FAILED.value
+    no_channel = Status.NO_CHANNEL.value
+    # (address, contact id, decided status or None, detail)
+    planned: list[tuple[str, int | None, str | None, str | None]] = []
+    plan = planned.append
+    check = addresses.check
+    plain = addresses.plain
+    for recipient in recipients:
+        contact_id = recipient.get("contact_id")
+        contact = contacts.get(contact_id) if contact_id else None
+        raw = contact.email if contact is not None else recipient.get("email")
+        if contact is None and raw and (address := plain(raw)) is not None:
+            plan((address, contact_id, None, None))  # the common case: a plain address
+            continue
         if not raw:
-            planned.append(
-                ("", recipient.contact_id, (Status.NO_CHANNEL, "the contact has no email address"))
-            )
+            plan(("", contact_id, no_channel, "the contact has no email address"))
             continue
         if contact is not None and not _allowed(contact.preferences or {}, category, "email"):
-            planned.append(
+            plan(
                 (
                     addresses.normalize(raw),
-                    recipient.contact_id,
-                    (Status.NO_CHANNEL, f"the contact did not opt in to email for {category!r}"),
+                    contact_id,
+                    no_channel,
+                    f"the contact did not opt in to email for {category!r}",
                 )
             )
             continue
         try:
-            planned.append((addresses.check(raw), recipient.contact_id, None))
+            plan((check(raw), contact_id, None, None))
         except errors.InvalidInput as exc:
-            planned.append((raw.strip()[:320], recipient.contact_id, (Status.FAILED, exc.message)))
+            plan((raw.strip()[:320], contact_id, failed, exc.message))
 
     content_id = _store_content(conn, account, body, limits)
+    now = clock.now()
     broadcast_id = conn.scalar(
         insert(t.broadcasts)
         .values(
@@ -279,38 +387,58 @@ def submit_broadcast(
             content_id=content_id,
             category=category,
             total=len(planned),
-            created_at=clock.now(),
+            created_at=now,
         )
         .returning(t.broadcasts.c.id)
     )
+    assert broadcast_id is not None
     screen = Screen(
-        conn, account.id, [a for a, _, d in planned if d is None], limits.unsubscribe_exempt
+        conn, account.id, [a for a, _, d, _ in planned if d is None], limits.unsubscribe_exempt
     )
     seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    for address, contact_id, decision in planned:
-        if decision is None:
+    add_seen = seen.add
+    decide = screen.decide
+    duplicate = Status.DUPLICATE.value
+    pending = Status.PENDING.value
+    rows: list[tuple[str, str, int | None, str | None]] = []
+    row = rows.append
+    for address, contact_id, state, detail in planned:
+        if state is None:
             if address in seen:
-                decision = (Status.DUPLICATE, f"{address} appears earlier in this broadcast")
+                state, detail = duplicate, f"{address} appears earlier in this broadcast"
             else:
-                seen.add(address)
-                decision = screen.decide(address, category)
-        row = _message_row(
-            account,
-            content_id,
-            address,
-            category,
-            decision,
-            broadcast_id=broadcast_id,
-            contact_id=contact_id,
-            track=body.track,
-        )
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        rows.append(row)
-    for i in range(0, len(rows), 5000):
-        _insert_messages(conn, rows[i : i + 5000])
-    assert broadcast_id is not None
+                add_seen(address)
+                decision = decide(address, category)
+                if decision is None:
+                    state = pending
+                else:
+                    state, detail = decision[0].value, decision[1]
+        row((address, state, contact_id, detail))
+    counts: dict[str, int] = {}
+    for _, state, _, _ in rows:
+        counts[state] = counts.get(state, 0) + 1
+    constants = {
+        "account_id": account.id,
+        "content_id": content_id,
+        "channel": "email",
+        "category": category,
+        "flags": [],
+        "attempts": 0,
+        "has_attachments": False,
+        "track": body.track,
+        "metadata": {},
+        "created_at": now,
+        "updated_at": now,
+        "broadcast_id": broadcast_id,
+        "idempotency_key": None,
+        "resend_of": None,
+        "last_event_at": now,
+        "lease_until": None,
+        "lease_owner": None,
+    }
+    _insert_broadcast(conn, constants, rows)
+    if len(rows) != counts.get(pending, 0):
+        _broadcast_events(conn, broadcast_id)
     return schemas.BroadcastAccepted(id=broadcast_id, counts=counts)
 
 
@@ -349,3 +477,105 @@ def resend(conn: Connection, account: Account, message_id: int, to: str | None) 
     )
     (new_id,) = _insert_messages(conn, [new])
     return schemas.Accepted(id=new_id, status=new["status"])
+
+
+T = TypeVar("T")
+
+
+class _Job(Generic[T]):
+    __slots__ = ("future", "loop", "ok", "outcome", "work")
+
+    def __init__(self, work: Callable[[Connection], T], loop: asyncio.AbstractEventLoop) -> None:
+        self.work = work
+        self.loop = loop
+        self.future: asyncio.Future[T] = loop.create_future()
+        self.outcome: Any = None
+        self.ok = False
+
+
+def _settle(jobs: list[_Job[Any]]) -> None:
+    for job in jobs:
+        if not job.future.done():
+            if job.ok:
+                job.future.set_result(job.outcome)
+            else:
+                job.future.set_exception(job.outcome)
+
+
+class GroupCommit:
+    """Run many requests' writes in one transaction: group commit.
+
+    Each request hands over a function of the connection and awaits its own result. One
+    thread takes what is queued (up to ``max_batch``), runs each function in turn in one
+    transaction and commits once, so BEGIN IMMEDIATE, the write lock and COMMIT are paid once
+    per batch instead of once per request, and no request needs a thread of its own.
+
+    A function that raises makes the batch roll back, and then each of its functions runs again
+    alone in its own transaction, as it would without grouping: a refused request stores
+    nothing and gets its own error; the others commit. The thread ends when idle and starts
+    again on demand.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256, idle: float = 2.0) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.idle = idle
+        self._queue: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        job = _Job(work, asyncio.get_running_loop())
+        self._queue.put(job)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._serve, name="postwarden-group-commit", daemon=True
+                    )
+                    self._thread.start()
+        return await job.future
+
+    def _serve(self) -> None:
+        get = self._queue.get
+        while True:
+            try:
+                batch = [get(timeout=self.idle)]
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
+            for job in batch:
+                by_loop.setdefault(job.loop, []).append(job)
+            for loop, jobs in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, jobs)
+                except RuntimeError:  # that loop is closed: nobody is waiting any more
+                    pass
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.info[SCREEN_CACHE] = {}  # the block lists, read once per transaction
+                try:
+                    outcomes = [job.work(conn) for job in batch]
+                finally:
+                    conn.info.pop(SCREEN_CACHE, None)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].outcome, batch[0].ok = exc, False
+                return
+            for job in batch:  # alone, each as if it had never been grouped
+                self._commit([job])
+            return
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.outcome, job.ok = outcome, True

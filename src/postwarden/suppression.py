@@ -82,7 +82,22 @@ _SCREEN_SUPPRESSED = select(
     t.suppressions.c.account_id == bindparam("account_id"),
     t.suppressions.c.address.in_(bindparam("addresses", expanding=True)),
 )
+_SCREEN_SUPPRESSED_ONE = select(
+    t.suppressions.c.address,
+    t.suppressions.c.category,
+    t.suppressions.c.reason,
+    t.suppressions.c.detail,
+).where(
+    t.suppressions.c.account_id == bindparam("account_id"),
+    t.suppressions.c.address == bindparam("address"),
+)
 _SCREEN_BLOCKED = select(t.blocks.c.pattern).where(t.blocks.c.account_id == bindparam("account_id"))
+
+
+SCREEN_CACHE = "postwarden_screen_cache"
+"""``conn.info`` key of a dict that a group commit (``intake.GroupCommit``) sets for the span of
+one transaction of many submissions: each account's block list is then read once per
+transaction instead of once per message. Absent, every Screen reads the block list."""
 
 
 class Screen:
@@ -98,13 +113,25 @@ class Screen:
         self.unsubscribe_exempt = unsubscribe_exempt
         wanted = sorted(set(candidates))
         self.suppressed: dict[tuple[str, str], Entry] = {}
-        for i in range(0, len(wanted), _CHUNK):
+        if len(wanted) == 1:  # one message: no expanding IN to render per call
+            rows = conn.execute(
+                _SCREEN_SUPPRESSED_ONE, {"account_id": account_id, "address": wanted[0]}
+            )
+            for row in rows:
+                self.suppressed[(row.address, row.category)] = Entry(*row)
+        for i in range(0, len(wanted) if len(wanted) > 1 else 0, _CHUNK):
             rows = conn.execute(
                 _SCREEN_SUPPRESSED, {"account_id": account_id, "addresses": wanted[i : i + _CHUNK]}
             )
             for row in rows:
                 self.suppressed[(row.address, row.category)] = Entry(*row)
-        self.blocked = set(conn.scalars(_SCREEN_BLOCKED, {"account_id": account_id}))
+        cache: dict[object, set[str]] | None = conn.info.get(SCREEN_CACHE)
+        blocked = cache.get(("blocked", account_id)) if cache is not None else None
+        if blocked is None:
+            blocked = set(conn.scalars(_SCREEN_BLOCKED, {"account_id": account_id}))
+            if cache is not None:
+                cache[("blocked", account_id)] = blocked
+        self.blocked = blocked
 
     def decide(self, address: str, category: str) -> tuple[Status, str] | None:
         """Blocked or dropped with the reason shown to people; None when it may be sent."""
