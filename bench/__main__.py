@@ -5,7 +5,9 @@ same run (smtp-source for the limit, django-post-office for the peer) and their 
 
     python -m bench                 # N=20,000 delivery, 100,000-recipient intake, 100k-row log
     python -m bench --smoke         # a few hundred messages: what CI runs (< 60 s)
-    python -m bench --full          # the log queries on 1,000,000 messages
+    python -m bench --full          # the log queries on 1,000,000 messages (SQLite) and
+                                    # 10,000,000 (PostgreSQL, database kept between runs)
+    python -m bench --full --only queries --reseed   # rebuild the 10M PostgreSQL database
     python -m bench --only delivery,intake --messages 50000
 """
 
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(FIGURES), help="comma-separated: " + ",".join(FIGURES)
     )
     ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL delivery figure")
+    ap.add_argument(
+        "--reseed", action="store_true", help="rebuild the kept 10M PostgreSQL queries database"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
 
@@ -75,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         if "queries" in only:
             from bench import queries
 
-            queries.run(report, log_rows, workdir, runs=10 if args.smoke else 20)
+            queries.run(
+                report,
+                log_rows,
+                workdir,
+                runs=10 if args.smoke else 20,
+                pg_messages=10_000_000 if args.full and not args.no_pg else None,
+                reseed=args.reseed,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -358,11 +358,23 @@ def undelivered_report(
 
 
 def count_undelivered(conn: Connection, account_id: int, f: LogFilter) -> int:
-    """How many rows ``undelivered_report`` has for the same filter."""
-    query = _filtered(
-        account_id, replace(f, undelivered=True).validate(), select(func.count())
-    ).where(_not_resent_successfully())
-    return conn.scalar(query) or 0
+    """How many rows ``undelivered_report`` has for the same filter.
+
+    Counted as (undelivered rows) - (those of them with a delivered resend): the first count
+    reads one covering index alone, the second starts from the few delivered resends (a
+    partial index). A ``NOT EXISTS`` per row instead probes the resend index once for each of
+    the tens of thousands of undelivered rows a month holds. Two statements rather than one:
+    each stays cheap enough for PostgreSQL not to JIT-compile it (about 50 ms per call)."""
+    f = replace(f, undelivered=True).validate()
+    every = conn.scalar(_filtered(account_id, f, select(func.count()))) or 0
+    if not every:
+        return 0
+    resend = m.alias("resend")
+    resent = select(resend.c.resend_of).where(
+        resend.c.resend_of.is_not(None), resend.c.status.in_(DELIVERED_VALUES)
+    )
+    fixed = conn.scalar(_filtered(account_id, f, select(func.count())).where(m.c.id.in_(resent)))
+    return every - (fixed or 0)
 
 
 def report_window(

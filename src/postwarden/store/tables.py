@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -178,7 +179,14 @@ messages = Table(
     Index(None, "account_id", "category", "id"),
     Index(None, "broadcast_id", "status"),
     Index(None, "broadcast_id", "id"),  # a broadcast's recipients, newest first (mail log)
-    Index(None, "resend_of"),
+    # Resends only (few): a message's resends, and the delivered ones from the index alone.
+    Index(
+        None,
+        "resend_of",
+        "status",
+        sqlite_where=text("resend_of IS NOT NULL"),
+        postgresql_where=text("resend_of IS NOT NULL"),
+    ),
     Index(None, "status", "next_attempt_at"),
 )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:52:37.775068
+Create Date: 2026-11-22 15:15:39.635612
 """
 
 from __future__ import annotations
@@ -377,7 +377,13 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_messages_broadcast_id_status"), ["broadcast_id", "status"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_messages_resend_of"), ["resend_of"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_messages_resend_of_status"),
+            ["resend_of", "status"],
+            unique=False,
+            sqlite_where=sa.text("resend_of IS NOT NULL"),
+            postgresql_where=sa.text("resend_of IS NOT NULL"),
+        )
         batch_op.create_index(
             batch_op.f("ix_messages_status_next_attempt_at"),
             ["status", "next_attempt_at"],
@@ -572,7 +578,11 @@ def downgrade() -> None:
     op.drop_table("attachments")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_messages_status_next_attempt_at"))
-        batch_op.drop_index(batch_op.f("ix_messages_resend_of"))
+        batch_op.drop_index(
+            batch_op.f("ix_messages_resend_of_status"),
+            sqlite_where=sa.text("resend_of IS NOT NULL"),
+            postgresql_where=sa.text("resend_of IS NOT NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_messages_broadcast_id_status"))
         batch_op.drop_index(batch_op.f("ix_messages_broadcast_id_id"))
         batch_op.drop_index(batch_op.f("ix_messages_account_id_to_addr_id"))
