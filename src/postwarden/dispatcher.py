@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, select
 
 from postwarden import (
     addresses,
@@ -33,9 +33,24 @@ from postwarden import (
 from postwarden.channels.base import AttemptResult, Channel, Outgoing
 from postwarden.settings import Settings
 from postwarden.status import Kind
+from postwarden.store import raw
 from postwarden.store import tables as t
 
 log = logging.getLogger(__name__)
+
+_ATTEMPT_COLUMNS = (
+    "message_id",
+    "number",
+    "started_at",
+    "duration_ms",
+    "via",
+    "remote",
+    "outcome",
+    "code",
+    "enhanced",
+    "text",
+    "transcript",
+)
 
 WAKE_GATHER = 0.05
 """Seconds the dispatcher waits after a wake before claiming, to batch a stream of arrivals."""
@@ -164,6 +179,8 @@ class Dispatcher:
 
     def _claim_and_build(self) -> tuple[list[queue.Claimed], list[Outgoing]]:
         now = clock.now()
+        # The write transaction only claims: reading what the batch needs and preparing it
+        # happen after it, so the SQLite write lock is free for the previous batch's record.
         with self.engine.begin() as conn:
             claimed = queue.claim_batch(
                 conn,
@@ -172,16 +189,16 @@ class Dispatcher:
                 lease=timedelta(seconds=self.settings.lease_seconds),
                 now=now,
             )
-            if not claimed:
-                return [], []
+        if not claimed:
+            return [], []
+        with store.reader(self.engine).connect() as conn:
             ids = [c.id for c in claimed]
             stored = dict(
                 conn.execute(
                     select(t.bodies.c.message_id, t.bodies.c.raw).where(
                         t.bodies.c.message_id.in_(ids)
                     )
-                )
-                .all()
+                ).all()
             )
             self._load_contents(conn, {c.content_id for c in claimed if c.id not in stored})
             self._load_domains(conn, {c.account_id for c in claimed})
@@ -255,9 +272,10 @@ class Dispatcher:
         data_of = {o.message_id: o.data for o in outgoing}
         facts: list[recorder.Fact] = []
         extra: dict[int, dict[str, Any]] = {}
-        attempt_rows: list[dict[str, Any]] = []
+        attempt_rows: list[tuple[Any, ...]] = []
         keep_bodies: list[dict[str, Any]] = []
-        for result in results:
+        when = raw.dialect_for(self.engine).when
+        for result in results:  # built before the transaction: its lock is held less long
             c = by_id[result.message_id]
             fact, next_at = self._judge(c, result, now)
             facts.append(fact)
@@ -265,22 +283,24 @@ class Dispatcher:
             if next_at is not None and c.attempts == 1:
                 keep_bodies.append({"message_id": c.id, "raw": data_of[c.id]})
             attempt_rows.append(
-                {
-                    "message_id": c.id,
-                    "number": c.attempts,
-                    "started_at": result.started_at,
-                    "duration_ms": result.duration_ms,
-                    "via": result.via,
-                    "remote": result.remote,
-                    "outcome": result.outcome,
-                    "code": result.code,
-                    "enhanced": result.enhanced,
-                    "text": result.text,
-                    "transcript": result.transcript,
-                }
+                (
+                    c.id,
+                    c.attempts,
+                    when(result.started_at),
+                    result.duration_ms,
+                    result.via,
+                    result.remote,
+                    result.outcome,
+                    result.code,
+                    result.enhanced,
+                    result.text,
+                    result.transcript,
+                )
             )
         with self.engine.begin() as conn:
-            conn.execute(insert(t.delivery_attempts), attempt_rows)
+            raw.dialect_of(conn).insert_many(
+                conn, "delivery_attempts", _ATTEMPT_COLUMNS, attempt_rows
+            )
             if keep_bodies:
                 store.insert_ignore(conn, t.bodies, keep_bodies)
             recorder.record(conn, facts, policy=self.policy, extra=extra)

@@ -19,7 +19,12 @@ EXPECTED = [
     "FIGURE intake broadcast 1,000 recipients:",
     "FIGURE memory intake serve VmHWM:",
     "FIGURE intake POST /v1/messages:",
-    "FIGURE queries mail log p95",
+    "FIGURE queries first page p95",
+    "FIGURE queries undelivered p95",
+    "FIGURE queries address p95",
+    "FIGURE queries date range",
+    "FIGURE queries broadcast (oldest) p95",
+    "FIGURE queries undelivered count, 30 days p95",
 ]
 
 

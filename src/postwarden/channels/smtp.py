@@ -153,8 +153,21 @@ def _enhanced(code: int | None, text: str) -> str | None:
     return match.group(0)
 
 
+_clock: list[Any] = [-1, ""]  # [the millisecond, its text]: one formatting per millisecond
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+    """UTC time of day with milliseconds, for transcript lines (``HH:MM:SS.mmm``)."""
+    ms = int(time.time() * 1000)
+    last = _clock
+    if ms == last[0]:
+        return last[1]
+    seconds, milli = divmod(ms, 1000)
+    minutes, sec = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    text = f"{hours % 24:02d}:{minute:02d}:{sec:02d}.{milli:03d}"
+    _clock[:] = (ms, text)
+    return text
 
 
 def _secs(value: float) -> str:
@@ -163,6 +176,27 @@ def _secs(value: float) -> str:
 
 def _first_line(text: str) -> str:
     return text.split("\n", 1)[0]
+
+
+def _pieces(
+    batch: Sequence[base.Outgoing], size: int, concurrency: int
+) -> list[Sequence[base.Outgoing]]:
+    """Split a batch into connections' pieces of at most ``size`` messages, of even sizes and
+    in a whole number of rounds of ``concurrency`` connections: 500 messages, 100 a connection
+    and 4 at once make 8 pieces of 62 or 63 (two full rounds), not 5 of 100 whose last one
+    would run alone while the other connections are done."""
+    count = -(-len(batch) // max(size, 1))
+    if count > concurrency > 0:
+        count = -(-count // concurrency) * concurrency
+    count = min(max(count, 1), len(batch))
+    step, extra = divmod(len(batch), count)
+    pieces: list[Sequence[base.Outgoing]] = []
+    start = 0
+    for i in range(count):
+        end = start + step + (1 if i < extra else 0)
+        pieces.append(batch[start:end])
+        start = end
+    return pieces
 
 
 class _Replies(asyncio.Protocol):
@@ -264,6 +298,11 @@ class _Session:
         )
         self.prefix = ""
         self.pipe: _Replies | None = None
+        # The next transaction's MAIL, RCPT and DATA, written after the previous message's
+        # body in the same write (RFC 2920 allows the end of data to start a group): the
+        # message they are for, and its transcript lines so far.
+        self.ahead_for: base.Outgoing | None = None
+        self.ahead_lines: list[str] = []
 
     def pipeline(self) -> None:
         """Take the transport over for pipelined transactions when the server offers
@@ -278,6 +317,9 @@ class _Session:
 
     def log_reply(self, lines: list[str], code: int, message: str) -> None:
         ts = _now()
+        if "\n" not in message:
+            lines.append(f"{ts} S: {code} {message}\n")
+            return
         parts = message.split("\n")
         last = len(parts) - 1
         for i, part in enumerate(parts):
@@ -423,9 +465,18 @@ class _Session:
             )
 
     async def send(
-        self, out: base.Outgoing
+        self, out: base.Outgoing, next_out: base.Outgoing | None = None
     ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
-        """One transaction. Returns (outcome, code, enhanced, text, lines, connection alive)."""
+        """One transaction. Returns (outcome, code, enhanced, text, lines, connection alive).
+
+        On a pipelining connection, ``next_out`` (the message to send after this one) has its
+        commands written together with this message's body."""
+        if self.ahead_for is not None:
+            if self.ahead_for is out:
+                lines = self.ahead_lines
+                self.ahead_for, self.ahead_lines = None, []
+                return await self._send_pipelined(out, lines, next_out, sent=True)
+            raise RuntimeError("a transaction was started ahead for another message")
         cfg = self.config
         client = self.client
         lines: list[str] = []
@@ -447,7 +498,18 @@ class _Session:
         if options:
             mail += " " + " ".join(options)
         if self.pipe is not None:
-            return await self._send_pipelined(out, mail, encoding, lines)
+            if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
+                text = "cannot send MAIL FROM: Command arg contains a prohibited control character"
+                self.log(lines, f"error: {text}")
+                return "temporary", None, None, text, lines, True
+            rcpt = f"RCPT TO:<{out.rcpt}>"
+            ts = _now()
+            lines.append(f"{ts} C: {mail}\n{ts} C: {rcpt}\n{ts} C: DATA\n")
+            try:
+                self._write(lines, f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode(encoding), "MAIL FROM")
+            except _Failure as exc:
+                return await self._failed(exc, lines, rset=False)
+            return await self._send_pipelined(out, lines, next_out, sent=True)
         try:
             await self.exchange(
                 lines,
@@ -526,23 +588,45 @@ class _Session:
             self.log(lines, f"error: {text} ({exc})")
             raise _Failure(None, text, alive=False) from None
 
+    def _ahead(self, out: base.Outgoing) -> tuple[bytes, str] | None:
+        """The commands of ``out``'s transaction and their transcript text, when they can be
+        written ahead (plain ASCII, nothing send() would refuse before writing)."""
+        client = self.client
+        if not (out.mail_from.isascii() and out.rcpt.isascii()):
+            return None
+        if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
+            return None
+        mail = f"MAIL FROM:<{out.mail_from}>"
+        options = []
+        if "size" in client.esmtp_extensions:
+            options.append(f"SIZE={len(out.data)}")
+        if not out.data.isascii() and "8bitmime" in client.esmtp_extensions:
+            options.append("BODY=8BITMIME")
+        if options:
+            mail += " " + " ".join(options)
+        rcpt = f"RCPT TO:<{out.rcpt}>"
+        ts = _now()
+        return (
+            f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode("ascii"),
+            f"{ts} C: {mail}\n{ts} C: {rcpt}\n{ts} C: DATA\n",
+        )
+
     async def _send_pipelined(
-        self, out: base.Outgoing, mail: str, encoding: str, lines: list[str]
+        self,
+        out: base.Outgoing,
+        lines: list[str],
+        next_out: base.Outgoing | None,
+        *,
+        sent: bool,
     ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
-        """MAIL, RCPT and DATA in one write, the body in a second: two round trips."""
+        """MAIL, RCPT and DATA already written in one write; the body goes in a second, with
+        the next transaction's commands after it: one round trip per message."""
+        assert sent
         cfg = self.config
         ct = cfg.command_timeout
-        rcpt = f"RCPT TO:<{out.rcpt}>"
-        if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
-            text = "cannot send MAIL FROM: Command arg contains a prohibited control character"
-            self.log(lines, f"error: {text}")
-            return "temporary", None, None, text, lines, True
-        self.log(lines, f"C: {mail}")
-        self.log(lines, f"C: {rcpt}")
-        self.log(lines, "C: DATA")
         failure: _Failure | None = None
+        ahead_sent = False
         try:
-            self._write(lines, f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode(encoding), "MAIL FROM")
             replies: list[tuple[int, str]] = []
             for what, timeout in (("MAIL FROM", ct), ("RCPT TO", ct), ("DATA", cfg.data_timeout)):
                 replies.append(await self._read(lines, what, timeout))
@@ -560,7 +644,14 @@ class _Session:
                     data += b"\r\n"
                 data = _PERIOD.sub(b"..", data) + b".\r\n"
                 self.log(lines, f"C: <message {len(out.data)} bytes>")
+                ahead = self._ahead(next_out) if next_out is not None else None
+                if ahead is not None:
+                    data += ahead[0]
                 self._write(lines, data, "DATA")
+                if ahead is not None:
+                    assert next_out is not None
+                    self.ahead_for, self.ahead_lines = next_out, [ahead[1]]
+                    ahead_sent = True
                 code, text = await self._read(lines, "DATA", cfg.data_timeout)
                 if code // 100 != 2:
                     failure = _Failure(code, text, alive=code != 421)
@@ -572,20 +663,29 @@ class _Session:
         except _Failure as exc:
             failure = exc
         assert failure is not None
+        # After the end of data the transaction is over whatever the reply: no RSET, which
+        # would also land in the middle of the transaction written ahead.
+        return await self._failed(failure, lines, rset=not ahead_sent)
+
+    async def _failed(
+        self, failure: _Failure, lines: list[str], *, rset: bool
+    ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
         outcome = _outcome(failure.code)
         if outcome == "accepted":
             outcome = "temporary"
         alive = failure.alive
         if failure.code == 421:
             self.closed_by_421 = failure
-        if alive:
+        if alive and rset:
             self.log(lines, "C: RSET")
             try:
                 self._write(lines, b"RSET\r\n", "RSET")
-                code, _text = await self._read(lines, "RSET", ct)
+                code, _text = await self._read(lines, "RSET", self.config.command_timeout)
                 alive = code // 100 == 2
             except _Failure:
                 alive = False
+        if not alive:
+            self.ahead_for, self.ahead_lines = None, []
         enhanced = _enhanced(failure.code, failure.text)
         return outcome, failure.code, enhanced, _first_line(failure.text), lines, alive
 
@@ -648,8 +748,9 @@ class SMTPChannel:
         if isinstance(plan, _Undeliverable):
             now = datetime.now(UTC)
             return [self._decided(out, plan, via, now, 0) for out in batch]
-        size = self.config.messages_per_connection
-        pieces = [batch[i : i + size] for i in range(0, len(batch), size)]
+        pieces = _pieces(
+            batch, self.config.messages_per_connection, self.config.per_domain_concurrency
+        )
         slot = self._slots.get(domain)
         if slot is None:
             slot = self._slots[domain] = [asyncio.Semaphore(self.config.per_domain_concurrency), 0]
@@ -809,12 +910,14 @@ class SMTPChannel:
         last_fields: tuple[Any, ...] = ()
         stop: _Failure | None = None
         rest: list[int] = []
+        last = len(pending) - 1
         for n, i in enumerate(pending):
             out = piece[i]
             started = datetime.now(UTC)
             if n:
                 t0 = time.monotonic()
-            outcome, code, enhanced, text, lines, alive = await session.send(out)
+            next_out = piece[pending[n + 1]] if n < last else None
+            outcome, code, enhanced, text, lines, alive = await session.send(out, next_out)
             ms = int((time.monotonic() - t0) * 1000)
             if last_index is not None:
                 results[last_index] = self._result(prefix, last_lines, last_fields)

@@ -20,14 +20,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import multiprocessing
+import pickle
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, and_, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
 
-from postwarden import addresses, classify, clock, recorder, suppression, verp
+from postwarden import addresses, classify, clock, recorder, store, suppression, verp
 from postwarden.compose import TOKEN_HEADER
 from postwarden.inbound import dsn
 from postwarden.status import Kind, Status
@@ -120,20 +125,113 @@ def claim(conn: Connection, limit: int) -> list[int]:
 
 def process_pending(parts: Parts, limit: int = 200) -> int:
     """Apply up to ``limit`` stored mails; returns how many were taken (blocking: run it in a
-    thread). A mail that cannot be applied ends "error" with the reason; nothing is raised."""
+    thread). A mail that cannot be applied ends "error" with the reason; nothing is raised.
+
+    The batch is read in one query, parsed outside any transaction (a parser fault marks only
+    that mail "error"), matched with one query for all the tokens it quotes, and applied in
+    one write transaction (one ``recorder.record`` for all its facts). Should that
+    transaction fail, each mail of the batch is applied again on its own, as before."""
     with parts.engine.begin() as conn:
         ids = claim(conn, limit)
+    if not ids:
+        return 0
     policy = suppression.Policy(parts.settings.soft_bounce_limit, parts.settings.soft_bounce_days)
-    for inbound_id in ids:
-        try:
-            _process_one(parts, inbound_id, policy)
-        except Exception as exc:
-            log.exception("inbound mail %d could not be applied", inbound_id)
-            _mark_error(parts, inbound_id, exc)
+    with parts.engine.connect() as conn:
+        rows = {
+            row.id: row
+            for row in conn.execute(
+                select(im.c.id, im.c.raw, im.c.rcpt_to, im.c.received_at).where(im.c.id.in_(ids))
+            )
+        }
+    parsed: list[tuple[int, Any, dsn.Report]] = []
+    present = [i for i in ids if i in rows]
+    reports = _parse_all([bytes(rows[i].raw) for i in present])
+    for inbound_id, report in zip(present, reports, strict=True):
+        if isinstance(report, BaseException):
+            log.error("inbound mail %d could not be parsed: %s", inbound_id, report)
+            _mark_error(parts, inbound_id, report)
+            continue
+        parsed.append((inbound_id, rows[inbound_id], report))
+    if not parsed:
+        return len(ids)
+    try:
+        _apply_batch(parts, parsed, policy)
+    except Exception:
+        log.exception("a batch of %d inbound mails failed; applying them one by one", len(parsed))
+        for inbound_id, row, report in parsed:
+            try:
+                _apply_one(parts, inbound_id, row, report, policy)
+            except Exception as exc:
+                log.exception("inbound mail %d could not be applied", inbound_id)
+                _mark_error(parts, inbound_id, exc)
     return len(ids)
 
 
-def _mark_error(parts: Parts, inbound_id: int, exc: Exception) -> None:
+PARSE_IN_PROCESS_FROM = 16
+"""Batches of at least this many mails are parsed in a separate process (the parser is pure
+CPU, and the server's process also speaks SMTP and records); smaller ones in this thread."""
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _parse_each(raws: list[bytes]) -> list[dsn.Report | BaseException]:
+    """Parse each mail; a fault is returned in its place, so it marks only that mail."""
+    out: list[dsn.Report | BaseException] = []
+    for raw in raws:
+        try:
+            out.append(dsn.parse(raw))  # pure; kept out of any transaction
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _parse_all(raws: list[bytes]) -> list[dsn.Report | BaseException]:
+    global _pool
+    if len(raws) >= PARSE_IN_PROCESS_FROM and dsn.parse is _PARSE:
+        try:
+            with _pool_lock:
+                if _pool is None:
+                    _pool = ProcessPoolExecutor(
+                        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                    )
+                pool = _pool
+            return [
+                r if isinstance(r, BaseException) else _from_wire(r)
+                for r in pool.submit(_parse_for_wire, raws).result()
+            ]
+        except Exception:
+            log.exception("the parser process failed; parsing in this one")
+            with _pool_lock:
+                if _pool is pool:
+                    _pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+    return _parse_each(raws)
+
+
+_PARSE = dsn.parse
+
+
+def _parse_for_wire(raws: list[bytes]) -> list[dsn.Report | BaseException]:
+    """In the parser process: ``_parse_each``, made picklable (headers as a dict)."""
+    out: list[dsn.Report | BaseException] = []
+    for report in _parse_each(raws):
+        if isinstance(report, BaseException):
+            try:
+                pickle.dumps(report)
+            except Exception:
+                report = RuntimeError(f"{type(report).__name__}: {report}")
+            out.append(report)
+        else:
+            out.append(replace(report, returned_headers=dict(report.returned_headers)))
+    return out
+
+
+def _from_wire(report: dsn.Report) -> dsn.Report:
+    return replace(report, returned_headers=MappingProxyType(dict(report.returned_headers)))
+
+
+def _mark_error(parts: Parts, inbound_id: int, exc: BaseException) -> None:
     text = f"{type(exc).__name__}: {exc}"[:2000]
     try:
         with parts.engine.begin() as conn:
@@ -142,17 +240,54 @@ def _mark_error(parts: Parts, inbound_id: int, exc: Exception) -> None:
         log.exception("inbound mail %d: cannot even record the error", inbound_id)
 
 
-# endregion
+def _apply_batch(
+    parts: Parts, parsed: list[tuple[int, Any, dsn.Report]], policy: suppression.Policy
+) -> None:
+    """Match every mail of the batch (reading only), then record all their facts in one
+    write transaction: the SQLite write lock, which the server's stores wait for, is held
+    only while writing."""
+    domains: dict[frozenset[str], list[int]] = {}
+    planned: list[tuple[int, str, int | None, str]] = []
+    facts: list[recorder.Fact] = []
+    with store.reader(parts.engine).connect() as conn:
+        known = _prefetch(conn, parts.secret, [(row.rcpt_to, rep) for _i, row, rep in parsed])
+        for inbound_id, row, report in parsed:
+            state, account_id, mail_facts = _plan(
+                conn,
+                parts.secret,
+                report,
+                inbound_id=inbound_id,
+                rcpt_to=list(row.rcpt_to or ()),
+                received_at=row.received_at,
+                known=known,
+                domains=domains,
+            )
+            facts.extend(mail_facts)
+            planned.append((inbound_id, state, account_id, report.kind.value))
+    with parts.engine.begin() as conn:
+        if facts:
+            floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
+            facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
+            recorder.record(conn, facts, policy=policy)
+        conn.execute(
+            update(im)
+            .where(im.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                kind=bindparam("b_kind"),
+                account_id=bindparam("b_account"),
+                error=None,
+            ),
+            [
+                {"b_id": i, "b_state": st, "b_kind": kind, "b_account": acc}
+                for i, st, acc, kind in planned
+            ],
+        )
 
-# region applying one mail
 
-
-def _process_one(parts: Parts, inbound_id: int, policy: suppression.Policy) -> None:
-    with parts.engine.connect() as conn:
-        row = conn.execute(
-            select(im.c.raw, im.c.rcpt_to, im.c.received_at).where(im.c.id == inbound_id)
-        ).one()
-    report = dsn.parse(bytes(row.raw))  # pure; kept out of the write transaction
+def _apply_one(
+    parts: Parts, inbound_id: int, row: Any, report: dsn.Report, policy: suppression.Policy
+) -> None:
     with parts.engine.begin() as conn:
         # A write first: SQLite takes its write lock now instead of failing a later upgrade.
         conn.execute(update(im).where(im.c.id == inbound_id).values(state=PROCESSING))
@@ -172,6 +307,11 @@ def _process_one(parts: Parts, inbound_id: int, policy: suppression.Policy) -> N
         )
 
 
+# endregion
+
+# region applying one mail
+
+
 def apply_report(
     conn: Connection,
     secret: bytes,
@@ -183,8 +323,37 @@ def apply_report(
     policy: suppression.Policy,
 ) -> tuple[str, int | None]:
     """Record the facts of one parsed report; returns the mail's final state and account."""
-    account_ids = _accounts_of(conn, rcpt_to)
-    by_token = _match_token(conn, secret, rcpt_to, report)
+    state, account_id, facts = _plan(
+        conn,
+        secret,
+        report,
+        inbound_id=inbound_id,
+        rcpt_to=rcpt_to,
+        received_at=received_at,
+    )
+    if facts:
+        floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
+        facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
+        recorder.record(conn, facts, policy=policy)
+    return state, account_id
+
+
+def _plan(
+    conn: Connection,
+    secret: bytes,
+    report: dsn.Report,
+    *,
+    inbound_id: int | None,
+    rcpt_to: Sequence[str],
+    received_at: datetime,
+    known: dict[int, _Target | None] | None = None,
+    domains: dict[frozenset[str], list[int]] | None = None,
+) -> tuple[str, int | None, list[recorder.Fact]]:
+    """Match one report to messages: its final state, account and facts (not yet recorded).
+    ``known`` holds messages already read by id (None: no such message); ``domains`` caches
+    the accounts of each set of bounce domains within a batch."""
+    account_ids = _accounts_of(conn, rcpt_to, domains)
+    by_token = _match_token(conn, secret, rcpt_to, report, known)
     recipients = list(report.recipients)
     if not recipients and by_token is not None and report.kind is dsn.Kind.COMPLAINT:
         # ARF reports often redact the recipient; the quoted token still names the message.
@@ -211,18 +380,15 @@ def apply_report(
         facts.append(_fact(target, report, recipient, inbound_id, received_at))
 
     if facts:
-        floors = _attempt_times(conn, list(targets))
-        facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
-        recorder.record(conn, facts, policy=policy)
         account_id: int | None = next(iter(targets.values())).account_id
-        return DONE, account_id
+        return DONE, account_id, facts
     if by_token is not None:
         account_id = by_token.account_id
     else:
         account_id = account_ids[0] if len(account_ids) == 1 else None
     if report.kind is dsn.Kind.AUTOREPLY or (recipients and not actionable):
-        return DONE, account_id  # an auto-reply, a not-spam report: nothing to apply
-    return UNMATCHED, account_id
+        return DONE, account_id, []  # an auto-reply, a not-spam report: nothing to apply
+    return UNMATCHED, account_id, []
 
 
 def _fact_kind(report: dsn.Report, recipient: dsn.Recipient) -> Kind | None:
@@ -335,12 +501,22 @@ def _attempt_times(conn: Connection, message_ids: list[int]) -> dict[int, dateti
 # region matching
 
 
-def _accounts_of(conn: Connection, rcpt_to: Sequence[str]) -> list[int]:
+def _accounts_of(
+    conn: Connection,
+    rcpt_to: Sequence[str],
+    cache: dict[frozenset[str], list[int]] | None = None,
+) -> list[int]:
     """The accounts whose bounce domain received the mail."""
     domains = {addresses.domain_of(r).strip("<>").lower().rstrip(".") for r in rcpt_to}
     domains.discard("")
     if not domains:
         return []
+    if cache is not None:
+        key = frozenset(domains)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = _accounts_of(conn, rcpt_to)
+        return found
     return sorted(
         conn.scalars(
             select(t.accounts.c.id).where(func.lower(t.accounts.c.bounce_domain).in_(domains))
@@ -348,9 +524,21 @@ def _accounts_of(conn: Connection, rcpt_to: Sequence[str]) -> list[int]:
     )
 
 
-def _message(conn: Connection, message_id: int | None, matched_by: str) -> _Target | None:
+def _message(
+    conn: Connection,
+    message_id: int | None,
+    matched_by: str,
+    known: dict[int, _Target | None] | None = None,
+) -> _Target | None:
     if message_id is None:
         return None
+    if known is not None and message_id in known:
+        found = known[message_id]
+        return (
+            None
+            if found is None
+            else _Target(found.id, found.account_id, found.to_addr, matched_by)
+        )
     row = conn.execute(
         select(m.c.id, m.c.account_id, m.c.to_addr).where(m.c.id == message_id)
     ).first()
@@ -361,26 +549,57 @@ def _target(row: Row[Any], matched_by: str) -> _Target:
     return _Target(row.id, row.account_id, row.to_addr, matched_by)
 
 
-def _match_token(
-    conn: Connection, secret: bytes, rcpt_to: Sequence[str], report: dsn.Report
-) -> _Target | None:
+def _token_ids(
+    secret: bytes, rcpt_to: Sequence[str], report: dsn.Report
+) -> list[tuple[int | None, str]]:
+    """The message ids a mail names by a signed token, strongest evidence first."""
+    named: list[tuple[int | None, str]] = []
     for rcpt in rcpt_to:
         local = rcpt.strip("<>").rpartition("@")[0].lower()
         if local.startswith(verp.PREFIX):
-            found = _message(conn, verp.message_id_of(secret, rcpt), "verp")
-            if found is not None:
-                return found
+            named.append((verp.message_id_of(secret, rcpt), "verp"))
     headers = report.returned_headers
     token = headers.get(TOKEN_HEADER.lower(), "").strip()
     if token:
-        found = _message(conn, verp.message_id_of(secret, token), "header")
-        if found is not None:
-            return found
+        named.append((verp.message_id_of(secret, token), "header"))
     for value in (report.original_message_id, headers.get("message-id")):
         if value and "@" in value:
-            found = _message(conn, verp.message_id_of(secret, value), "message-id")
-            if found is not None:
-                return found
+            named.append((verp.message_id_of(secret, value), "message-id"))
+    return named
+
+
+def _prefetch(
+    conn: Connection, secret: bytes, mails: Sequence[tuple[Any, dsn.Report]]
+) -> dict[int, _Target | None]:
+    """Read every message a batch of mails names by token, in one query per chunk."""
+    ids = sorted(
+        {
+            mid
+            for rcpt_to, report in mails
+            for mid, _by in _token_ids(secret, list(rcpt_to or ()), report)
+            if mid is not None
+        }
+    )
+    known: dict[int, _Target | None] = dict.fromkeys(ids)
+    for start in range(0, len(ids), 900):
+        for row in conn.execute(
+            select(m.c.id, m.c.account_id, m.c.to_addr).where(m.c.id.in_(ids[start : start + 900]))
+        ):
+            known[row.id] = _target(row, "")
+    return known
+
+
+def _match_token(
+    conn: Connection,
+    secret: bytes,
+    rcpt_to: Sequence[str],
+    report: dsn.Report,
+    known: dict[int, _Target | None] | None = None,
+) -> _Target | None:
+    for message_id, matched_by in _token_ids(secret, rcpt_to, report):
+        found = _message(conn, message_id, matched_by, known)
+        if found is not None:
+            return found
     return None
 
 
@@ -414,6 +633,14 @@ def _is_address_of(r: dsn.Recipient, to_addr: str) -> bool:
 # endregion
 
 
+BATCH = 200
+"""Mails applied per round (one write transaction)."""
+
+GATHER = 0.1
+"""Seconds the loop waits after a wake before applying, so a stream of mails (each one wakes
+it) is applied in batches instead of one small round per mail."""
+
+
 async def run(
     parts: Parts,
     stop: asyncio.Event,
@@ -421,19 +648,21 @@ async def run(
     *,
     interval: float = 0.2,
 ) -> None:
-    """Apply stored mails until ``stop`` is set: every ``interval`` seconds, or at once when
+    """Apply stored mails until ``stop`` is set: every ``interval`` seconds, or soon after
     ``wake`` is set (the server sets it after storing a mail)."""
     wake = wake or asyncio.Event()
     while not stop.is_set():
         wake.clear()  # before the round: a mail stored during it wakes the next one
         try:
-            done = await asyncio.to_thread(process_pending, parts)
+            done = await asyncio.to_thread(process_pending, parts, BATCH)
         except Exception:
             log.exception("inbound round failed; retrying")
             done = 0
-        if done:
-            continue
+        if done >= BATCH:
+            continue  # a full batch: more are waiting
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
         await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
+        if wake.is_set() and not stop.is_set():
+            await asyncio.sleep(min(GATHER, interval))

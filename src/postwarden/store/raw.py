@@ -1,0 +1,214 @@
+"""Plain SQL for the hot paths (recording each delivery attempt, storing inbound mails).
+
+SQLAlchemy Core builds, caches and processes each statement's parameters row by row; for the
+dispatcher's batches of hundreds of rows that was most of the recording cost. Here the few
+hot statements are written once per dialect and run with ``Connection.exec_driver_sql`` in
+the caller's transaction, with the values converted the way the SQLAlchemy types in
+:mod:`postwarden.store.tables` store them (so rows written here read back identically):
+
+- SQLite: datetimes as naive UTC ``YYYY-MM-DD HH:MM:SS.ffffff`` text, JSON as text;
+- PostgreSQL (psycopg 3): aware datetimes, JSON as text cast to json; one statement per batch
+  with one array parameter per column (``unnest``) instead of an executemany.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Connection, Engine, Integer, String, Text
+from sqlalchemy.types import TypeEngine
+
+from postwarden.store.tables import UTCDateTime
+
+CHUNK = 900
+"""Rows or ids per statement: under SQLite's and PostgreSQL's parameter limits."""
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_encode = json.JSONEncoder().encode  # json.dumps with its defaults, minus the call's checks
+
+
+def _dumps(value: Any) -> str:
+    if not value and isinstance(value, list | dict):
+        return "[]" if isinstance(value, list) else "{}"
+    return _encode(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_when(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        value = value.replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+def _sqlite_read_when(value: str | datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _sqlite_read_json(value: Any) -> Any:
+    if value is None or not isinstance(value, str | bytes):
+        return value
+    if value == "[]":
+        return []
+    return json.loads(value)
+
+
+def _pg_read_when(value: datetime | None) -> datetime | None:
+    return value
+
+
+class Dialect:
+    """What differs between SQLite and PostgreSQL for the hand-written statements."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        pg = name == "postgresql"
+        self.mark = "%s" if pg else "?"
+        self.when: Callable[[datetime | None], Any] = _same if pg else _sqlite_when
+        self.json: Callable[[Any], str] = _dumps
+        self.read_when: Callable[[Any], datetime | None] = (
+            _pg_read_when if pg else _sqlite_read_when
+        )
+        self.read_json: Callable[[Any], Any] = _same if pg else _sqlite_read_json
+        self._sql: dict[Any, str] = {}
+
+    def marks(self, n: int) -> str:
+        return ", ".join([self.mark] * n)
+
+    def where_in(self, column: str, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+        """``column IN (...)`` and its parameters: one array parameter on PostgreSQL (the
+        statement's text stays the same, so psycopg converts it once)."""
+        if self.name == "postgresql":
+            return f"{column} = ANY(%b::bigint[])", (list(ids),)
+        return f"{column} IN ({self.marks(len(ids))})", tuple(ids)
+
+    def converter(self, type_: TypeEngine[Any]) -> Callable[[Any], Any]:
+        if isinstance(type_, UTCDateTime):
+            return self.when
+        if isinstance(type_, JSON):
+            return self.json
+        return _same
+
+    def cast(self, type_: TypeEngine[Any]) -> str:
+        """The PostgreSQL type of a VALUES column (its first row decides otherwise)."""
+        if isinstance(type_, UTCDateTime):
+            return "timestamptz"
+        if isinstance(type_, JSON):
+            return "json"
+        if isinstance(type_, Boolean):
+            return "boolean"
+        if isinstance(type_, Integer):
+            return "bigint"
+        if isinstance(type_, String | Text):
+            return "text"
+        raise TypeError(f"no cast for {type_!r}")
+
+    # -- statements ----------------------------------------------------------------------
+
+    def insert_many(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert rows (tuples in ``columns`` order): an executemany of one prepared
+        statement on SQLite, one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL."""
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        if self.name != "postgresql":
+            key = ("insert", table, tuple(columns))
+            sql = self._sql.get(key)
+            if sql is None:
+                sql = self._sql[key] = (
+                    f"INSERT INTO {table} ({cols}) VALUES ({self.marks(len(columns))})"
+                )
+            conn.exec_driver_sql(sql, list(rows))
+            return
+        # PostgreSQL: one statement with one array per column (unnest), so the SQL text is
+        # short and psycopg prepares it once, whatever the number of rows; the arrays go in
+        # binary (%b), which spares psycopg escaping every transcript in Python.
+        key = ("insert", table, tuple(columns))
+        sql = self._sql.get(key)
+        if sql is None:
+            from postwarden.store.tables import metadata
+
+            types = metadata.tables[table].c
+            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
+            sql = self._sql[key] = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"
+        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+
+    def update_messages(
+        self, conn: Connection, extra: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """The recorder's update of messages. Each row: (id, status, flags, updated_at,
+        last_event_at, keep_reason, reason, detail, *extra columns' values).
+
+        ``reason`` and ``detail`` are always written (None when no fact of this batch moved
+        the headline with a reason), as the SQLAlchemy statement this replaces did;
+        ``keep_reason`` is carried along and not used."""
+        if not rows:
+            return
+        from postwarden.store.tables import messages
+
+        if self.name != "postgresql":
+            key = ("update", extra)
+            sql = self._sql.get(key)
+            if sql is None:
+                sets = "".join(f", {c} = ?{9 + i}" for i, c in enumerate(extra))
+                sql = self._sql[key] = (
+                    "UPDATE messages SET status = ?2, flags = ?3, updated_at = ?4, "
+                    "last_event_at = ?5, reason = ?7, "
+                    f"detail = ?8{sets} WHERE id = ?1"
+                )
+            conn.exec_driver_sql(sql, list(rows))
+            return
+        names = ("id", "status", "flags", "updated_at", "last_event_at", "keep", "reason")
+        names += ("detail", *extra)
+        key = ("update", extra)
+        sql = self._sql.get(key)
+        if sql is None:
+            casts = ("bigint", "text", "json", "timestamptz", "timestamptz", "boolean", "text")
+            casts += ("text", *(self.cast(messages.c[c].type) for c in extra))
+            arrays = ", ".join(f"%b::{c}[]" for c in casts)
+            sets = "".join(f", {c} = v.{c}" for c in extra)
+            sql = self._sql[key] = (
+                "UPDATE messages AS m SET status = v.status, flags = v.flags, "
+                "updated_at = v.updated_at, last_event_at = v.last_event_at, "
+                f"reason = v.reason, detail = v.detail{sets} "
+                f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE m.id = v.id"
+            )
+        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+
+
+@cache
+def _dialect(name: str) -> Dialect:
+    return Dialect(name)
+
+
+def dialect_of(conn: Connection) -> Dialect:
+    return _dialect(conn.dialect.name)
+
+
+def dialect_for(engine: Engine) -> Dialect:
+    return _dialect(engine.dialect.name)
