@@ -260,7 +260,7 @@ async def test_killed_worker_loses_nothing(
                 break
         await asyncio.sleep(0.3)
         first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        await asyncio.to_thread(first.wait, 10)
         with engine.connect() as conn:
             leased = conn.scalar(
                 select(func.count()).select_from(t.messages).where(t.messages.c.status == "sending")
@@ -279,8 +279,10 @@ async def test_killed_worker_loses_nothing(
                 if done == total:
                     break
         finally:
+            # Wait in a thread: the simulator runs on this event loop, and the worker finishes
+            # the batch it is sending before it stops.
             second.send_signal(signal.SIGTERM)
-            second.wait(10)
+            await asyncio.to_thread(second.wait, 30)
     finally:
         if first.poll() is None:
             first.kill()
