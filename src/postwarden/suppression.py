@@ -73,21 +73,17 @@ def audit(
     )
 
 
-_SCREEN_SUPPRESSED = select(
+_ENTRY = select(
     t.suppressions.c.address,
     t.suppressions.c.category,
     t.suppressions.c.reason,
     t.suppressions.c.detail,
-).where(
+)
+_SCREEN_SUPPRESSED = _ENTRY.where(
     t.suppressions.c.account_id == bindparam("account_id"),
     t.suppressions.c.address.in_(bindparam("addresses", expanding=True)),
 )
-_SCREEN_SUPPRESSED_ONE = select(
-    t.suppressions.c.address,
-    t.suppressions.c.category,
-    t.suppressions.c.reason,
-    t.suppressions.c.detail,
-).where(
+_SCREEN_SUPPRESSED_ONE = _ENTRY.where(
     t.suppressions.c.account_id == bindparam("account_id"),
     t.suppressions.c.address == bindparam("address"),
 )

@@ -815,35 +815,26 @@ class SMTPChannel:
     async def _connect(self, targets: list[_Target]) -> _Session | _Undeliverable:
         """Open a session with the first target that works, in order."""
         transcript: list[str] = []
-        last: _Failure | None = None
-        last_remote: str | None = None
+        failure: tuple[_Failure, str] | None = None
         is_relay = self.relay is not None
         for target in targets[: self.config.max_mx_attempts]:
-            session = _Session(self, target, tls=True)
-            try:
-                await session.open()
-                if transcript:
-                    session.prefix = "".join(transcript) + session.prefix
-                session.pipeline()
-                return session
-            except _Failure as exc:
-                session.close()
-                transcript.extend(session.lines)
-                last, last_remote = exc, target.remote
-                if not (session.tls_failed and not is_relay and not self.config.tls_verify):
-                    continue
-            # Opportunistic TLS failed: like Postfix, try the same host again in plain text.
-            session = _Session(self, target, tls=False)
-            try:
-                await session.open()
+            for tls in (True, False):
+                session = _Session(self, target, tls=tls)
+                try:
+                    await session.open()
+                except _Failure as exc:
+                    session.close()
+                    transcript.extend(session.lines)
+                    failure = (exc, target.remote)
+                    # Opportunistic TLS failed: like Postfix, try the same host in plain text.
+                    if session.tls_failed and not is_relay and not self.config.tls_verify:
+                        continue
+                    break
                 session.prefix = "".join(transcript) + session.prefix
                 session.pipeline()
                 return session
-            except _Failure as exc:
-                session.close()
-                transcript.extend(session.lines)
-                last, last_remote = exc, target.remote
-        assert last is not None
+        assert failure is not None
+        last, last_remote = failure
         return _Undeliverable(
             outcome="temporary",
             enhanced=_enhanced(last.code, last.text) or "4.4.1",
