@@ -233,6 +233,10 @@ async def run(
             f"  curl -H 'Authorization: Bearer {key}' "
             f"'{base}/v1/messages?undelivered=true'  (while it runs)"
         )
+        console.print(
+            f"  {env} .venv/bin/postwarden user create you@example.test --account demo"
+            f"   then, with --keep-running, sign in at {base}/"
+        )
         if keep_running:
             console.print(f"\nStill serving on {base}; Ctrl-C to stop. API key: {key}")
             await server
