@@ -39,6 +39,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(suppressions_app, name="suppressions")
 app.add_typer(user_app, name="user")
 console = Console()
+errors_console = Console(stderr=True)
 
 AccountOpt = Annotated[
     str | None, typer.Option("--account", "-a", help="Account name (default: the only one)")
@@ -72,7 +73,7 @@ def _parts(migrate: bool = True) -> service.Parts:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    errors_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(1)
 
 
@@ -374,7 +375,7 @@ def parse_bounce(files: list[Path]) -> None:
         try:
             lines = dsn.parse_bounce_lines(str(path))
         except OSError as exc:
-            console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}", style=None)
+            errors_console.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}")
             failed = True
             continue
         for line in lines:

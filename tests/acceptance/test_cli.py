@@ -60,7 +60,7 @@ def test_account_send_log_show_and_suppressions(tmp_path: Path) -> None:
         "--text",
         "hello",
     )
-    assert refused.returncode == 1 and "not a valid email address" in refused.stdout
+    assert refused.returncode == 1 and "not a valid email address" in refused.stderr
 
     logged = run(tmp_path, "log", "--json")
     (item,) = [json.loads(line) for line in logged.stdout.splitlines()]
@@ -118,4 +118,4 @@ def test_parse_bounce_prints_a_line_per_recipient(tmp_path: Path) -> None:
     assert second["kind"] == "unknown" and second["recipient"] is None
     missing = run(tmp_path, "parse-bounce", str(bounce), str(tmp_path / "missing.eml"))
     assert missing.returncode == 1
-    assert "cannot read" in missing.stdout and len(missing.stdout.splitlines()) >= 2
+    assert "cannot read" in missing.stderr and len(missing.stdout.splitlines()) == 1
