@@ -309,57 +309,79 @@ def _act(
     conn: Connection, facts: Sequence[Fact], rows: dict[int, Any], policy: suppression.Policy
 ) -> None:
     """Suppress addresses: every bounce and complaint is acted on, even one that arrives after
-    the headline can no longer change."""
+    the headline can no longer change.
+
+    The whole batch's suppressions are added with one :func:`suppression.suppress_many` (in
+    the facts' order, so the first fact for an address decides its entry, as before), and the
+    soft-bounce counts are read once for every address with an escalating soft bounce."""
+    bounced = (Kind.BOUNCED, Kind.EXPIRED)
+    escalating = suppression.ESCALATING_REASONS
+    candidates = {
+        (rows[f.message_id].account_id, rows[f.message_id].to_addr)
+        for f in facts
+        if f.kind in bounced
+        and not f.hard
+        and rows[f.message_id].to_addr
+        and _reason_of(f) in escalating
+    }
+    over = suppression.soft_bounces_escalate(conn, policy, candidates) if candidates else set()
+    additions: list[suppression.Addition] = []
     for fact in facts:
         row = rows[fact.message_id]
         if not row.to_addr:
             continue
         if fact.kind is Kind.COMPLAINED:
-            suppression.suppress(
-                conn,
-                row.account_id,
-                row.to_addr,
-                reason=suppression.COMPLAINT,
-                detail=fact.detail or "the recipient reported the message as spam",
-                source=fact.source,
-                message_id=fact.message_id,
+            additions.append(
+                suppression.Addition(
+                    row.account_id,
+                    row.to_addr,
+                    reason=suppression.COMPLAINT,
+                    detail=fact.detail or "the recipient reported the message as spam",
+                    source=fact.source,
+                    message_id=fact.message_id,
+                )
             )
         elif fact.kind is Kind.UNSUBSCRIBED:
-            suppression.suppress(
-                conn,
-                row.account_id,
-                row.to_addr,
-                reason=suppression.UNSUBSCRIBE,
-                detail=fact.detail or "",
-                source=fact.source,
-                message_id=fact.message_id,
-                category=row.category,
+            additions.append(
+                suppression.Addition(
+                    row.account_id,
+                    row.to_addr,
+                    reason=suppression.UNSUBSCRIBE,
+                    detail=fact.detail or "",
+                    source=fact.source,
+                    message_id=fact.message_id,
+                    category=row.category,
+                )
             )
-        elif fact.kind in (Kind.BOUNCED, Kind.EXPIRED) and fact.hard:
-            suppression.suppress(
-                conn,
-                row.account_id,
-                row.to_addr,
-                reason=fact.reason or "bounced",
-                detail=fact.detail or "",
-                source=fact.source,
-                message_id=fact.message_id,
+        elif fact.kind in bounced and fact.hard:
+            additions.append(
+                suppression.Addition(
+                    row.account_id,
+                    row.to_addr,
+                    reason=fact.reason or "bounced",
+                    detail=fact.detail or "",
+                    source=fact.source,
+                    message_id=fact.message_id,
+                )
             )
         elif (
-            fact.kind in (Kind.BOUNCED, Kind.EXPIRED)
-            and (_reason_of(fact) in suppression.ESCALATING_REASONS)
-            and suppression.soft_bounce_escalates(conn, policy, row.account_id, row.to_addr)
+            fact.kind in bounced
+            and _reason_of(fact) in escalating
+            and (row.account_id, row.to_addr) in over
         ):
-            suppression.suppress(
-                conn,
-                row.account_id,
-                row.to_addr,
-                reason=suppression.SOFT_BOUNCES,
-                detail=f"{policy.soft_bounce_limit} or more soft bounces within "
-                f"{policy.soft_bounce_days} days; last: {fact.detail or fact.reason}",
-                source=fact.source,
-                message_id=fact.message_id,
+            additions.append(
+                suppression.Addition(
+                    row.account_id,
+                    row.to_addr,
+                    reason=suppression.SOFT_BOUNCES,
+                    detail=f"{policy.soft_bounce_limit} or more soft bounces within "
+                    f"{policy.soft_bounce_days} days; last: {fact.detail or fact.reason}",
+                    source=fact.source,
+                    message_id=fact.message_id,
+                )
             )
+    if additions:
+        suppression.suppress_many(conn, additions)
 
 
 def cancel(

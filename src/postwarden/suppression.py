@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 
 from postwarden import addresses, clock, errors, store
 from postwarden.status import Status
+from postwarden.store import raw
 from postwarden.store import tables as t
 
 ALL_CATEGORIES = ""
@@ -144,6 +145,87 @@ class Screen:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Addition:
+    """One suppression to add (see :func:`suppress_many`)."""
+
+    account_id: int
+    address: str
+    reason: str
+    source: str
+    detail: str = ""
+    message_id: int | None = None
+    category: str = ALL_CATEGORIES
+
+
+_SUPPRESSION_COLUMNS = (
+    "account_id",
+    "address",
+    "category",
+    "reason",
+    "detail",
+    "source",
+    "message_id",
+    "created_at",
+)
+_SUPPRESSION_KEY = ("account_id", "address", "category")
+_AUDIT_COLUMNS = ("account_id", "actor", "action", "target", "detail", "created_at")
+
+
+def suppress_many(
+    conn: Connection, additions: Iterable[Addition], *, actor: str = "postwarden"
+) -> list[Addition]:
+    """Add the entries that are not there yet (the first of several for the same address and
+    category wins) and audit each one added; return those added, in the given order.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the suppressions and one insert
+    for their audit rows, in plain SQL (:mod:`postwarden.store.raw`): the recorder calls this
+    once per batch of facts."""
+    unique: dict[tuple[int, str, str], Addition] = {}
+    for addition in additions:
+        unique.setdefault((addition.account_id, addition.address, addition.category), addition)
+    if not unique:
+        return []
+    sql = raw.dialect_of(conn)
+    when = sql.when(clock.now())
+    inserted = sql.insert_ignore_returning(
+        conn,
+        "suppressions",
+        _SUPPRESSION_COLUMNS,
+        [
+            (a.account_id, a.address, a.category, a.reason, a.detail, a.source, a.message_id, when)
+            for a in unique.values()
+        ],
+        _SUPPRESSION_KEY,
+    )
+    added = [a for key, a in unique.items() if key in inserted]
+    as_json = sql.json
+    sql.insert_many(
+        conn,
+        "audit_log",
+        _AUDIT_COLUMNS,
+        [
+            (
+                a.account_id,
+                actor,
+                "suppression.add",
+                a.address,
+                as_json(
+                    {
+                        "reason": a.reason,
+                        "category": a.category,
+                        "message_id": a.message_id,
+                        "source": a.source,
+                    }
+                ),
+                when,
+            )
+            for a in added
+        ],
+    )
+    return added
+
+
 def suppress(
     conn: Connection,
     account_id: int,
@@ -157,35 +239,8 @@ def suppress(
     actor: str = "postwarden",
 ) -> bool:
     """Add the address (no-op if already there); True if it was added."""
-    added = store.insert_ignore(
-        conn,
-        t.suppressions,
-        [
-            {
-                "account_id": account_id,
-                "address": address,
-                "category": category,
-                "reason": reason,
-                "detail": detail,
-                "source": source,
-                "message_id": message_id,
-                "created_at": clock.now(),
-            }
-        ],
-    )
-    if added:
-        audit(
-            conn,
-            account_id,
-            actor,
-            "suppression.add",
-            address,
-            reason=reason,
-            category=category,
-            message_id=message_id,
-            source=source,
-        )
-    return bool(added)
+    addition = Addition(account_id, address, reason, source, detail, message_id, category)
+    return bool(suppress_many(conn, [addition], actor=actor))
 
 
 def remove(
@@ -205,19 +260,49 @@ def remove(
 
 def soft_bounce_escalates(conn: Connection, policy: Policy, account_id: int, address: str) -> bool:
     """True when the address has had too many soft, final failures within the window."""
+    return (account_id, address) in soft_bounces_escalate(conn, policy, [(account_id, address)])
+
+
+def soft_bounces_escalate(
+    conn: Connection, policy: Policy, candidates: Iterable[tuple[int, str]]
+) -> set[tuple[int, str]]:
+    """The (account, address) pairs among ``candidates`` that have had too many soft, final
+    failures within the window: one grouped count per account (and chunk of addresses)."""
+    by_account: dict[int, set[str]] = {}
+    for account_id, address in candidates:
+        by_account.setdefault(account_id, set()).add(address)
     since = clock.now() - timedelta(days=policy.soft_bounce_days)
-    count = conn.scalar(
-        select(func.count())
-        .select_from(t.messages)
-        .where(
-            t.messages.c.account_id == account_id,
-            t.messages.c.to_addr == address,
-            t.messages.c.status == Status.BOUNCED.value,
-            t.messages.c.reason.in_(ESCALATING_REASONS),
-            t.messages.c.updated_at >= since,
-        )
+    over: set[tuple[int, str]] = set()
+    for account_id, wanted in sorted(by_account.items()):
+        ordered = sorted(wanted)
+        for i in range(0, len(ordered), _CHUNK):
+            rows = conn.execute(
+                _SOFT_COUNTS,
+                {
+                    "account_id": account_id,
+                    "addresses": ordered[i : i + _CHUNK],
+                    "since": since,
+                },
+            )
+            over.update(
+                (account_id, address)
+                for address, count in rows
+                if (count or 0) >= policy.soft_bounce_limit
+            )
+    return over
+
+
+_SOFT_COUNTS = (
+    select(t.messages.c.to_addr, func.count())
+    .where(
+        t.messages.c.account_id == bindparam("account_id"),
+        t.messages.c.to_addr.in_(bindparam("addresses", expanding=True)),
+        t.messages.c.status == Status.BOUNCED.value,
+        t.messages.c.reason.in_(ESCALATING_REASONS),
+        t.messages.c.updated_at >= bindparam("since"),
     )
-    return (count or 0) >= policy.soft_bounce_limit
+    .group_by(t.messages.c.to_addr)
+)
 
 
 def list_entries(

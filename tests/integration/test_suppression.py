@@ -134,3 +134,21 @@ def test_unsubscribe_from_uncategorised_mail_spares_transactional(
                 }
             )
             assert intake.submit_message(conn, account, body, limits).status == expected
+
+
+def test_adding_twice_is_one_entry_and_one_audit_row(
+    engine: Engine, account_key: tuple[accounts.Account, str]
+) -> None:
+    account = account_key[0]
+    with engine.begin() as conn:
+        first = suppression.suppress(
+            conn, account.id, "x@example.test", reason="manual", source="test"
+        )
+        again = suppression.suppress(
+            conn, account.id, "x@example.test", reason="manual", source="test"
+        )
+        blocked = suppression.block(conn, account.id, "@spam.test", actor="test")
+        blocked_again = suppression.block(conn, account.id, "@spam.test", actor="test")
+        actions = list(conn.scalars(select(t.audit_log.c.action).order_by(t.audit_log.c.id)))
+    assert (first, again, blocked, blocked_again) == (True, False, True, False)
+    assert actions == ["suppression.add", "block.add"]

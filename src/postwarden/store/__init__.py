@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, pool
+from sqlalchemy import Connection, Engine, Table, create_engine, event, literal_column, pool
 from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -186,8 +186,9 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, An
     if not rows:
         return 0
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
-    result = conn.execute(module.insert(table).on_conflict_do_nothing(), list(rows))
-    return result.rowcount
+    # Counted from RETURNING: psycopg reports rowcount -1 for an executemany.
+    statement = module.insert(table).on_conflict_do_nothing().returning(literal_column("1"))
+    return len(conn.execute(statement, list(rows)).all())
 
 
 def alembic_config(engine: Engine) -> Config:

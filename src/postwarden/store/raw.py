@@ -158,6 +158,48 @@ class Dialect:
             sql = self._sql[key] = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"
         conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
 
+    def insert_ignore_returning(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+        returning: Sequence[str],
+    ) -> set[tuple[Any, ...]]:
+        """Insert rows (tuples in ``columns`` order), skipping those that would violate a
+        unique constraint (``ON CONFLICT DO NOTHING``); return the ``returning`` columns of
+        the rows actually inserted. SQLite (>= 3.35): multi-row VALUES per chunk;
+        PostgreSQL: one INSERT ... SELECT FROM unnest(arrays)."""
+        if not rows:
+            return set()
+        cols = ", ".join(columns)
+        back = ", ".join(returning)
+        added: set[tuple[Any, ...]] = set()
+        if self.name != "postgresql":
+            one = f"({self.marks(len(columns))})"
+            for chunk in chunks(rows, max(1, CHUNK // len(columns))):
+                sql = (
+                    f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} "
+                    f"ON CONFLICT DO NOTHING RETURNING {back}"
+                )
+                params = tuple(value for row in chunk for value in row)
+                added.update(tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall())
+            return added
+        key = ("insert_ignore_returning", table, tuple(columns), tuple(returning))
+        sql = self._sql.get(key)
+        if sql is None:
+            from postwarden.store.tables import metadata
+
+            types = metadata.tables[table].c
+            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
+            sql = self._sql[key] = (
+                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) "
+                f"ON CONFLICT DO NOTHING RETURNING {back}"
+            )
+        params = tuple(list(col) for col in zip(*rows, strict=True))
+        added.update(tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall())
+        return added
+
     def update_messages(
         self, conn: Connection, extra: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
     ) -> None:
