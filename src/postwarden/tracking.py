@@ -573,56 +573,126 @@ GMAIL_PREFETCH_UA = (
 
 # THE rule table. Ordered: the first rule that applies to the event kind and matches decides.
 RULES: tuple[Rule, ...] = (
-    Rule("missing-user-agent", _BOTH, _M, lambda h: not h.ua,
-         "every browser and mail client sends a User-Agent; only scripts omit it"),
-    Rule("head-request", _CLICK, _M, lambda h: h.method == "HEAD",
-         "link checkers probe with HEAD; people's browsers GET (PROVIDERS.md 5; Apple Mail 16 "
-         "URL checks)"),
-    Rule("apple-mpp", _OPEN, _M,
-         _any(lambda h: h.ua == "Mozilla/5.0", _ip(APPLE_NETS)),
-         "Apple Mail Privacy Protection prefetches every image on delivery through Apple's relay "
-         "with the bare UA 'Mozilla/5.0' (Mailgun open-click-bot-detect: bot=apple; SendGrid "
-         "sg_machine_open; SocketLabs MPP notes)"),
-    Rule("gmail-prefetch", _OPEN, _M, lambda h: h.ua == GMAIL_PREFETCH_UA,
-         "Gmail prefetches images for logged-in sessions with this fixed UA from Google IPs "
-         "(bird.com/en-us/blog/gmail-prefetching-images; Mailgun bot=gmail)"),
-    Rule("microsoft-safe-links", _BOTH, _M, _ip(MICROSOFT_NETS),
-         "Defender for Office 365 Safe Links / EOP scan URLs and content from Exchange Online "
-         "Protection ranges (learn.microsoft.com .../safe-links-about)"),
-    Rule("office-link-discovery", _CLICK, _M, _ua(r"^Microsoft Office|ms-office|MSOffice"),
-         "Office/Outlook desktop probe a link ('Microsoft Office Existence Discovery', "
-         "'Microsoft Office/16.0 ...') before handing it to the browser, which then GETs it"),
-    Rule("link-scanner-ua", _BOTH, _M,
-         _ua(r"mimecast|proofpoint|urldefense|barracuda|ironport|cisco|trend ?micro|symantec|"
-             r"broadcom|messagelabs|fireeye|trellix|bitdefender|sophos|forti(?:net|guard)|"
-             r"kaspersky|check ?point|zerospam|spamtitan|mailcontrol|vade(?:secure|retro)"),
-         "email security gateways scan every link/image before or at delivery "
-         "(PROVIDERS.md 5: Safe Links, Mimecast, Proofpoint; vendor UAs as seen in ESP logs)"),
-    Rule("generic-bot-ua", _BOTH, _M,
-         _ua(r"(?<!cu)bot\b|crawl|spider|slurp|python-|python/|aiohttp|httpx|curl/|wget/|"
-             r"libwww|go-http-client|java/|apache-httpclient|headlesschrome|"
-             r"phantomjs|puppeteer|playwright|scrapy|node-fetch|axios/|facebookexternalhit|"
-             r"whatsapp|skypeuripreview"),
-         "HTTP libraries, headless browsers, crawlers and link-preview fetchers (Mailgun "
-         "bot=generic); 'cubot' is a phone brand, not a bot"),
-    Rule("bare-user-agent", _CLICK, _M, _ua(r"^Mozilla/\d\.\d$"),
-         "no real browser sends a bare 'Mozilla/5.0'; scanners imitating MPP do"),
-    Rule("image-proxy-click", _CLICK, _M, _ua(r"GoogleImageProxy|ggpht\.com|YahooMailProxy"),
-         "image proxies fetch images, they never follow links"),
-    Rule("prefetch-after-delivery", _CLICK, _M,
-         lambda h: h.seconds is not None and h.seconds < PREFETCH_WINDOW_SECONDS,
-         "gateways and Gmail pre-click links on arrival (PROVIDERS.md 5: 'filter clicks <N s "
-         "after delivery')"),
-    Rule("multi-link-burst", _CLICK, _M, lambda h: h.other_links_2s >= BURST_OTHER_LINKS,
-         "scanners follow all links at once (PROVIDERS.md 5: 'all-links-at-once')"),
+    Rule(
+        "missing-user-agent",
+        _BOTH,
+        _M,
+        lambda h: not h.ua,
+        "every browser and mail client sends a User-Agent; only scripts omit it",
+    ),
+    Rule(
+        "head-request",
+        _CLICK,
+        _M,
+        lambda h: h.method == "HEAD",
+        "link checkers probe with HEAD; people's browsers GET (PROVIDERS.md 5; Apple Mail 16 "
+        "URL checks)",
+    ),
+    Rule(
+        "apple-mpp",
+        _OPEN,
+        _M,
+        _any(lambda h: h.ua == "Mozilla/5.0", _ip(APPLE_NETS)),
+        "Apple Mail Privacy Protection prefetches every image on delivery through Apple's relay "
+        "with the bare UA 'Mozilla/5.0' (Mailgun open-click-bot-detect: bot=apple; SendGrid "
+        "sg_machine_open; SocketLabs MPP notes)",
+    ),
+    Rule(
+        "gmail-prefetch",
+        _OPEN,
+        _M,
+        lambda h: h.ua == GMAIL_PREFETCH_UA,
+        "Gmail prefetches images for logged-in sessions with this fixed UA from Google IPs "
+        "(bird.com/en-us/blog/gmail-prefetching-images; Mailgun bot=gmail)",
+    ),
+    Rule(
+        "microsoft-safe-links",
+        _BOTH,
+        _M,
+        _ip(MICROSOFT_NETS),
+        "Defender for Office 365 Safe Links / EOP scan URLs and content from Exchange Online "
+        "Protection ranges (learn.microsoft.com .../safe-links-about)",
+    ),
+    Rule(
+        "office-link-discovery",
+        _CLICK,
+        _M,
+        _ua(r"^Microsoft Office|ms-office|MSOffice"),
+        "Office/Outlook desktop probe a link ('Microsoft Office Existence Discovery', "
+        "'Microsoft Office/16.0 ...') before handing it to the browser, which then GETs it",
+    ),
+    Rule(
+        "link-scanner-ua",
+        _BOTH,
+        _M,
+        _ua(
+            r"mimecast|proofpoint|urldefense|barracuda|ironport|cisco|trend ?micro|symantec|"
+            r"broadcom|messagelabs|fireeye|trellix|bitdefender|sophos|forti(?:net|guard)|"
+            r"kaspersky|check ?point|zerospam|spamtitan|mailcontrol|vade(?:secure|retro)"
+        ),
+        "email security gateways scan every link/image before or at delivery "
+        "(PROVIDERS.md 5: Safe Links, Mimecast, Proofpoint; vendor UAs as seen in ESP logs)",
+    ),
+    Rule(
+        "generic-bot-ua",
+        _BOTH,
+        _M,
+        _ua(
+            r"(?<!cu)bot\b|crawl|spider|slurp|python-|python/|aiohttp|httpx|curl/|wget/|"
+            r"libwww|go-http-client|java/|apache-httpclient|headlesschrome|"
+            r"phantomjs|puppeteer|playwright|scrapy|node-fetch|axios/|facebookexternalhit|"
+            r"whatsapp|skypeuripreview"
+        ),
+        "HTTP libraries, headless browsers, crawlers and link-preview fetchers (Mailgun "
+        "bot=generic); 'cubot' is a phone brand, not a bot",
+    ),
+    Rule(
+        "bare-user-agent",
+        _CLICK,
+        _M,
+        _ua(r"^Mozilla/\d\.\d$"),
+        "no real browser sends a bare 'Mozilla/5.0'; scanners imitating MPP do",
+    ),
+    Rule(
+        "image-proxy-click",
+        _CLICK,
+        _M,
+        _ua(r"GoogleImageProxy|ggpht\.com|YahooMailProxy"),
+        "image proxies fetch images, they never follow links",
+    ),
+    Rule(
+        "prefetch-after-delivery",
+        _CLICK,
+        _M,
+        lambda h: h.seconds is not None and h.seconds < PREFETCH_WINDOW_SECONDS,
+        "gateways and Gmail pre-click links on arrival (PROVIDERS.md 5: 'filter clicks <N s "
+        "after delivery')",
+    ),
+    Rule(
+        "multi-link-burst",
+        _CLICK,
+        _M,
+        lambda h: h.other_links_2s >= BURST_OTHER_LINKS,
+        "scanners follow all links at once (PROVIDERS.md 5: 'all-links-at-once')",
+    ),
     # Proxied but person-initiated: the proxy fetches when the message is displayed and caches
     # (repeat opens hidden, no geo/device). Recorded as human, rule names the proxy.
-    Rule("gmail-image-proxy", _OPEN, _H, _ua(r"GoogleImageProxy|via ggpht\.com"),
-         "Gmail fetches images through its proxy when the user opens the message (Gmail, 2013; "
-         "Bird: prefetch uses a different UA)"),
-    Rule("yahoo-image-proxy", _OPEN, _H, _ua(r"YahooMailProxy"),
-         "Yahoo Mail fetches images through its proxy when the message is displayed "
-         "(help.yahoo.com/kb/SLN28749)"),
+    Rule(
+        "gmail-image-proxy",
+        _OPEN,
+        _H,
+        _ua(r"GoogleImageProxy|via ggpht\.com"),
+        "Gmail fetches images through its proxy when the user opens the message (Gmail, 2013; "
+        "Bird: prefetch uses a different UA)",
+    ),
+    Rule(
+        "yahoo-image-proxy",
+        _OPEN,
+        _H,
+        _ua(r"YahooMailProxy"),
+        "Yahoo Mail fetches images through its proxy when the message is displayed "
+        "(help.yahoo.com/kb/SLN28749)",
+    ),
 )
 
 

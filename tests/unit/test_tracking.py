@@ -195,8 +195,11 @@ def test_property_round_trip(purpose: str, mid: int, extra: int, secret: bytes) 
 @given(
     st.one_of(
         st.text(max_size=80),
-        st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
-                min_size=18, max_size=46),
+        st.text(
+            alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+            min_size=18,
+            max_size=46,
+        ),
     )
 )
 def test_property_random_strings_never_verify(token: str) -> None:
@@ -223,8 +226,12 @@ def _undo(html: str, links: tuple[str, ...]) -> str:
         assert decoded is not None and decoded[0] == 77
         return f"@@{decoded[1]}@@"
 
-    html = re.sub(r'<img src="[^"]*/t/o/[^"]*" width="1" height="1" alt="" '
-                  r'style="display:none">', "", html)
+    html = re.sub(
+        r'<img src="[^"]*/t/o/[^"]*" width="1" height="1" alt="" '
+        r'style="display:none">',
+        "",
+        html,
+    )
     return TOKEN_URL.sub(back, html)
 
 
@@ -280,10 +287,16 @@ def test_real_world_html_only_links_and_pixel_change() -> None:
     assert r.html.count("/t/o/") == 1
     assert re.search(r'style="display:none">\n?</BODY>', r.html)
     assert "data-pw-notrack" not in r.html
-    for untouched in ("mailto:help@shop.example?subject=Order%201", "tel:+441234567",
-                      'href="#details"', 'href="/relative/path"', "https://commented.example/",
-                      "https://js.example", "https://css.example",
-                      'src="https://cdn.shop.example/logo.png"'):
+    for untouched in (
+        "mailto:help@shop.example?subject=Order%201",
+        "tel:+441234567",
+        'href="#details"',
+        'href="/relative/path"',
+        "https://commented.example/",
+        "https://js.example",
+        "https://css.example",
+        'src="https://cdn.shop.example/logo.png"',
+    ):
         assert untouched in r.html
 
 
@@ -299,8 +312,7 @@ def test_pixel_markup_and_no_body() -> None:
     r = _instr("<p>hi</p>")
     token = sign(SECRET, "o", 77)
     assert r.html == (
-        f'<p>hi</p><img src="{BASE}/t/o/{token}" width="1" height="1" alt="" '
-        'style="display:none">'
+        f'<p>hi</p><img src="{BASE}/t/o/{token}" width="1" height="1" alt="" style="display:none">'
     )
     assert r.links == ()
     r2 = _instr("<html><p>hi</p></html>\n")
@@ -316,10 +328,15 @@ def test_pixel_goes_before_the_last_real_body_end() -> None:
 
 
 def test_switches() -> None:
-    html = '<body><a href="https://a.example/" data-pw-notrack="1">a</a>' \
-           '<a href="https://b.example/">b</a></body>'
+    html = (
+        '<body><a href="https://a.example/" data-pw-notrack="1">a</a>'
+        '<a href="https://b.example/">b</a></body>'
+    )
     none = _instr(html, track_opens=False, track_clicks=False)
-    assert none.html == '<body><a href="https://a.example/">a</a><a href="https://b.example/">b</a></body>'
+    assert (
+        none.html
+        == '<body><a href="https://a.example/">a</a><a href="https://b.example/">b</a></body>'
+    )
     assert none.links == ()
     opens_only = _instr(html, track_clicks=False)
     assert opens_only.links == () and opens_only.html.count("/t/o/") == 1
@@ -361,11 +378,11 @@ def test_odd_markup_does_not_break_or_hang() -> None:
         "<!-- unterminated comment <a href='https://z.example'>",
         '<a href="https://q.example/"class="tight">q</a>',
         '<a title="a > b" href="https://gt.example/">gt</a>',
-        "<a\nhref\n=\n\"https://nl.example/\"\n>nl</a>",
+        '<a\nhref\n=\n"https://nl.example/"\n>nl</a>',
         '<a href="https://dup.example/one" href="https://dup.example/two">dup</a>',
         '<a href="javascript:alert(1)">js</a><a href="">empty</a><a href>bare</a>',
         '<a href="http://">no host</a><abbr href="https://abbr.example/">not a link</abbr>',
-        "<a href=\"https://x\">" * 3 + '<a href="' * 2000,
+        '<a href="https://x">' * 3 + '<a href="' * 2000,
     ]
     results = [_instr(h, track_opens=False) for h in nasty]
     assert results[0].links == () and results[0].html == nasty[0]
@@ -434,8 +451,9 @@ def test_instrument_text() -> None:
         "Help (https://help.example/a_(b)) or <https://shop.example/c>, "
         "mailto:x@y.example, and already https://pw.example.com/t/c/abc\n"
     )
-    out, links = instrument_text(text, base_url=BASE + "/", secret=SECRET, message_id=9,
-                                 first_index=4)
+    out, links = instrument_text(
+        text, base_url=BASE + "/", secret=SECRET, message_id=9, first_index=4
+    )
     assert links == (
         "https://shop.example/orders/1?x=1&y=2",
         "https://help.example/a_(b)",
@@ -449,8 +467,9 @@ def test_instrument_text() -> None:
     assert "mailto:x@y.example" in out and out.endswith("https://pw.example.com/t/c/abc\n")
 
 
-@pytest.mark.parametrize("text", ["https://x.example/" + ")" * 100_000,
-                                  "https://x.example/" + ".)" * 100_000])
+@pytest.mark.parametrize(
+    "text", ["https://x.example/" + ")" * 100_000, "https://x.example/" + ".)" * 100_000]
+)
 def test_instrument_text_hostile_input_is_fast(text: str) -> None:
     start = time.perf_counter()
     _, links = instrument_text(text, base_url=BASE, secret=SECRET, message_id=1, first_index=0)
@@ -465,10 +484,16 @@ def _open(ua: str, ip: str = HOME_IP, seconds: float | None = 3600.0) -> Classif
     return classify_open(user_agent=ua, ip=ip, seconds_after_delivery=seconds)
 
 
-def _click(ua: str, ip: str = HOME_IP, method: str = "GET", seconds: float | None = 3600.0,
-           burst: int = 0) -> Classification:
-    return classify_click(user_agent=ua, ip=ip, method=method, seconds_after_delivery=seconds,
-                          other_links_clicked_within_2s=burst)
+def _click(
+    ua: str, ip: str = HOME_IP, method: str = "GET", seconds: float | None = 3600.0, burst: int = 0
+) -> Classification:
+    return classify_click(
+        user_agent=ua,
+        ip=ip,
+        method=method,
+        seconds_after_delivery=seconds,
+        other_links_clicked_within_2s=burst,
+    )
 
 
 @pytest.mark.parametrize(
@@ -526,15 +551,23 @@ def test_opens_are_not_judged_by_time() -> None:
         (GO, HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE, "generic-bot-ua"),
         (HEADLESS, HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE, "generic-bot-ua"),
         ("Java/17.0.2", HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE, "generic-bot-ua"),
-        ("Mozilla/5.0 (compatible; bingbot/2.0)", HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE,
-         "generic-bot-ua"),
+        (
+            "Mozilla/5.0 (compatible; bingbot/2.0)",
+            HOME_IP,
+            "GET",
+            3600.0,
+            0,
+            Verdict.MACHINE,
+            "generic-bot-ua",
+        ),
         ("Mozilla/5.0", HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE, "bare-user-agent"),
         (GMAIL_PROXY, GOOGLE_PROXY_IP, "GET", 3600.0, 0, Verdict.MACHINE, "image-proxy-click"),
         ("", HOME_IP, "GET", 3600.0, 0, Verdict.MACHINE, "missing-user-agent"),
     ],
 )
-def test_classify_click(ua: str, ip: str, method: str, seconds: float | None, burst: int,
-                        verdict: Verdict, rule: str) -> None:
+def test_classify_click(
+    ua: str, ip: str, method: str, seconds: float | None, burst: int, verdict: Verdict, rule: str
+) -> None:
     assert _click(ua, ip, method, seconds, burst) == Classification(verdict, rule)
 
 
@@ -544,8 +577,13 @@ def test_rule_table_is_well_formed() -> None:
     for rule in RULES:
         assert rule.kinds <= {"open", "click"} and rule.kinds
         assert rule.source
-    assert {"apple-mpp", "gmail-image-proxy", "link-scanner-ua", "prefetch-after-delivery",
-            "head-request"} <= set(names)
+    assert {
+        "apple-mpp",
+        "gmail-image-proxy",
+        "link-scanner-ua",
+        "prefetch-after-delivery",
+        "head-request",
+    } <= set(names)
 
 
 def test_verdict_values() -> None:
@@ -583,7 +621,11 @@ def test_ip_class(ip: str, expected: str) -> None:
 
 
 def test_classifiers_survive_junk_input() -> None:
-    assert classify_open(user_agent="x" * 100_000, ip="garbage",
-                         seconds_after_delivery=None).verdict is Verdict.HUMAN
-    assert classify_click(user_agent=CHROME, ip="", method="",
-                          seconds_after_delivery=None).verdict is Verdict.HUMAN
+    assert (
+        classify_open(user_agent="x" * 100_000, ip="garbage", seconds_after_delivery=None).verdict
+        is Verdict.HUMAN
+    )
+    assert (
+        classify_click(user_agent=CHROME, ip="", method="", seconds_after_delivery=None).verdict
+        is Verdict.HUMAN
+    )
