@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,11 +63,7 @@ STATUS_STYLE = {
 
 
 def _parts(migrate: bool = True) -> service.Parts:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("postwarden").setLevel(logging.INFO)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
+    service.configure_logging()
     return service.open_parts(Settings(), migrate=migrate)
 
 
@@ -94,12 +89,24 @@ def migrate() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option()] = "127.0.0.1", port: Annotated[int, typer.Option()] = 8025
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8025,
+    api_processes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes of their own answering the API (a Python process uses one core at "
+            "a time); 0: the API runs in the main process, with the dispatcher and inbound SMTP",
+        ),
+    ] = 0,
 ) -> None:
-    """Run the API, the dispatcher and the inbound SMTP server in one process."""
+    """Run the API, the dispatcher and the inbound SMTP server."""
     parts = _parts()
     console.print(f"Postwarden on http://{host}:{port} (API docs at /docs)")
-    service.run(service.serve(parts, host, port))
+    try:
+        service.run(service.serve(parts, host, port, api_processes=api_processes))
+    except service.ProcessExited as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

@@ -7,14 +7,11 @@ nothing: validation happens before the first write, and all writes share one tra
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, literal, select
+from sqlalchemy import Connection, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from postwarden import addresses, clock, errors, schemas
@@ -22,7 +19,7 @@ from postwarden.accounts import Account
 from postwarden.settings import Settings
 from postwarden.status import Kind, Status
 from postwarden.store import tables as t
-from postwarden.suppression import SCREEN_CACHE, Screen
+from postwarden.suppression import Screen
 
 _DECISION_KIND = {
     Status.FAILED: Kind.FAILED,
@@ -56,10 +53,34 @@ class Limits:
 
 # Built once: building a statement per request costs more than executing it.
 _INSERT_CONTENT = insert(t.contents).returning(t.contents.c.id)
+_INSERT_CONTENTS = insert(t.contents).returning(t.contents.c.id, sort_by_parameter_order=True)
 _INSERT_MESSAGE = insert(t.messages).returning(t.messages.c.id)
+_INSERT_MESSAGES = insert(t.messages).returning(t.messages.c.id, sort_by_parameter_order=True)
 _INSERT_EVENTS = insert(t.events)
 _INSERT_MESSAGES_MANY = insert(t.messages)
 _REASON_BY_VALUE = {state.value: reason for state, reason in _DECISION_REASON.items()}
+
+
+def _content_row(
+    account: Account, body: schemas.ContentIn, limits: Limits, extra_bytes: int = 0
+) -> dict[str, Any]:
+    """The contents row for ``body``, once its sender and size are checked."""
+    name, sender = addresses.check_mailbox(body.from_)
+    size = len(body.text or "") + len(body.html or "") + extra_bytes
+    if size > limits.max_message_bytes:
+        raise errors.InvalidInput(
+            f"the message is {size} bytes; the limit is {limits.max_message_bytes}"
+        )
+    return {
+        "account_id": account.id,
+        "from_addr": sender,
+        "from_name": name,
+        "subject": body.subject,
+        "text": body.text,
+        "html": body.html,
+        "headers": body.headers,
+        "created_at": clock.now(),
+    }
 
 
 def _store_content(
@@ -69,25 +90,7 @@ def _store_content(
     limits: Limits,
     extra_bytes: int = 0,
 ) -> int:
-    name, sender = addresses.check_mailbox(body.from_)
-    size = len(body.text or "") + len(body.html or "") + extra_bytes
-    if size > limits.max_message_bytes:
-        raise errors.InvalidInput(
-            f"the message is {size} bytes; the limit is {limits.max_message_bytes}"
-        )
-    content_id = conn.scalar(
-        _INSERT_CONTENT,
-        {
-            "account_id": account.id,
-            "from_addr": sender,
-            "from_name": name,
-            "subject": body.subject,
-            "text": body.text,
-            "html": body.html,
-            "headers": body.headers,
-            "created_at": clock.now(),
-        },
-    )
+    content_id = conn.scalar(_INSERT_CONTENT, _content_row(account, body, limits, extra_bytes))
     assert content_id is not None
     return content_id
 
@@ -150,11 +153,7 @@ def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     if len(rows) == 1:
         ids = [conn.scalar(_INSERT_MESSAGE, rows[0])]
     else:
-        ids = list(
-            conn.scalars(
-                insert(t.messages).returning(t.messages.c.id, sort_by_parameter_order=True), rows
-            )
-        )
+        ids = list(conn.scalars(_INSERT_MESSAGES, rows))
     events = _decision_events(rows, ids)
     if events:
         conn.execute(_INSERT_EVENTS, events)
@@ -218,6 +217,51 @@ def submit_message(
             ],
         )
     return schemas.Accepted(id=message_id, status=row["status"])
+
+
+def submit_many(
+    conn: Connection, items: Sequence[tuple[Account, schemas.MessageIn]], limits: Limits
+) -> list[schemas.Accepted | errors.PostwardenError]:
+    """What :func:`submit_message` does for each item, with one statement per table for all of
+    them (the API's group commit). A refused item gets its error and stores nothing; an item
+    with an idempotency key or attachments is stored alone, under a savepoint."""
+    outcomes: list[schemas.Accepted | errors.PostwardenError | None] = [None] * len(items)
+    checked: list[tuple[int, Account, schemas.MessageIn, str, dict[str, Any]]] = []
+    for i, (account, body) in enumerate(items):
+        try:
+            if body.idempotency_key is not None or body.attachments:
+                with conn.begin_nested():
+                    outcomes[i] = submit_message(conn, account, body, limits)
+            else:
+                to = addresses.check(body.to)
+                checked.append((i, account, body, to, _content_row(account, body, limits)))
+        except errors.PostwardenError as exc:
+            outcomes[i] = exc
+    if checked:
+        content_ids = list(conn.scalars(_INSERT_CONTENTS, [c[4] for c in checked]))
+        wanted: dict[int, tuple[Account, list[str]]] = {}
+        for _, account, _, to, _ in checked:
+            wanted.setdefault(account.id, (account, []))[1].append(to)
+        screens = {
+            account_id: Screen(conn, account_id, candidates, limits.unsubscribe_exempt)
+            for account_id, (_, candidates) in wanted.items()
+        }
+        rows = [
+            _message_row(
+                account,
+                content_id,
+                to,
+                body.category,
+                screens[account.id].decide(to, body.category),
+                metadata=body.metadata,
+                track=body.track,
+            )
+            for (_, account, body, to, _), content_id in zip(checked, content_ids, strict=True)
+        ]
+        ids = _insert_messages(conn, rows)
+        for (i, *_), message_id, row in zip(checked, ids, rows, strict=True):
+            outcomes[i] = schemas.Accepted(id=message_id, status=row["status"])
+    return outcomes  # type: ignore[return-value]  # every item has its outcome by now
 
 
 def _allowed(preferences: dict[str, list[str]], category: str, channel: str) -> bool:
@@ -477,105 +521,3 @@ def resend(conn: Connection, account: Account, message_id: int, to: str | None) 
     )
     (new_id,) = _insert_messages(conn, [new])
     return schemas.Accepted(id=new_id, status=new["status"])
-
-
-T = TypeVar("T")
-
-
-class _Job(Generic[T]):
-    __slots__ = ("future", "loop", "ok", "outcome", "work")
-
-    def __init__(self, work: Callable[[Connection], T], loop: asyncio.AbstractEventLoop) -> None:
-        self.work = work
-        self.loop = loop
-        self.future: asyncio.Future[T] = loop.create_future()
-        self.outcome: Any = None
-        self.ok = False
-
-
-def _settle(jobs: list[_Job[Any]]) -> None:
-    for job in jobs:
-        if not job.future.done():
-            if job.ok:
-                job.future.set_result(job.outcome)
-            else:
-                job.future.set_exception(job.outcome)
-
-
-class GroupCommit:
-    """Run many requests' writes in one transaction: group commit.
-
-    Each request hands over a function of the connection and awaits its own result. One
-    thread takes what is queued (up to ``max_batch``), runs each function in turn in one
-    transaction and commits once, so BEGIN IMMEDIATE, the write lock and COMMIT are paid once
-    per batch instead of once per request, and no request needs a thread of its own.
-
-    A function that raises makes the batch roll back, and then each of its functions runs again
-    alone in its own transaction, as it would without grouping: a refused request stores
-    nothing and gets its own error; the others commit. The thread ends when idle and starts
-    again on demand.
-    """
-
-    def __init__(self, engine: Engine, *, max_batch: int = 256, idle: float = 2.0) -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self.idle = idle
-        self._queue: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    async def run(self, work: Callable[[Connection], T]) -> T:
-        job = _Job(work, asyncio.get_running_loop())
-        self._queue.put(job)
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._serve, name="postwarden-group-commit", daemon=True
-                    )
-                    self._thread.start()
-        return await job.future
-
-    def _serve(self) -> None:
-        get = self._queue.get
-        while True:
-            try:
-                batch = [get(timeout=self.idle)]
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._commit(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
-            for job in batch:
-                by_loop.setdefault(job.loop, []).append(job)
-            for loop, jobs in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, jobs)
-                except RuntimeError:  # that loop is closed: nobody is waiting any more
-                    pass
-
-    def _commit(self, batch: list[_Job[Any]]) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.info[SCREEN_CACHE] = {}  # the block lists, read once per transaction
-                try:
-                    outcomes = [job.work(conn) for job in batch]
-                finally:
-                    conn.info.pop(SCREEN_CACHE, None)
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].outcome, batch[0].ok = exc, False
-                return
-            for job in batch:  # alone, each as if it had never been grouped
-                self._commit([job])
-            return
-        for job, outcome in zip(batch, outcomes, strict=True):
-            job.outcome, job.ok = outcome, True

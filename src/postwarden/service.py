@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +32,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("postwarden").setLevel(logging.INFO)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -42,6 +52,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop where available (cheaper transports and scheduling)."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(main)
+
+
+class ProcessExited(RuntimeError):
+    """One of ``serve``'s API processes ended on its own: the service stops (and exits non-zero)
+    rather than go on answering with fewer processes than it was asked for."""
 
 
 @dataclass
@@ -134,6 +149,18 @@ def _http_impl() -> str:
     return "httptools"
 
 
+def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        http=_http_impl(),
+    )
+
+
 def api_server(parts: Parts, dispatcher: Dispatcher | None, host: str, port: int) -> uvicorn.Server:
     wake: Callable[[], None] = lambda: None  # noqa: E731
     if dispatcher is not None:
@@ -155,25 +182,40 @@ def api_server(parts: Parts, dispatcher: Dispatcher | None, host: str, port: int
                 loop.call_soon_threadsafe(event.set)
 
     app = create_app(parts.settings, parts.engine, parts.secret, wake=wake)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        http=_http_impl(),
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(_uvicorn_config(app, host, port))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     return server
 
 
-async def serve(parts: Parts, host: str, port: int, stop: asyncio.Event | None = None) -> None:
-    """API + dispatcher (+ inbound SMTP) in one process."""
+async def serve(
+    parts: Parts,
+    host: str,
+    port: int,
+    stop: asyncio.Event | None = None,
+    *,
+    api_processes: int = 0,
+) -> None:
+    """API + dispatcher (+ inbound SMTP) in one process; with ``api_processes``, that many
+    processes of their own answer the API instead (one interpreter runs Python on one core at
+    a time), waking this process's dispatcher when they accept a message."""
     stop = stop or asyncio.Event()
     _install_signals(stop)
     async with running_dispatcher(parts, stop) as dispatcher, running_inbound(parts, stop):
+        if api_processes:
+            _listen(host, port).close()  # the port is free: fail here, not in each process
+            with _start_api_processes(
+                parts.settings, (host, port), api_processes, dispatcher.wake.set
+            ) as processes:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    dead = [p for p in processes if not p.is_alive()]
+                    if dead and not stop.is_set():
+                        stop.set()
+                        raise ProcessExited(
+                            f"{dead[0].name} exited with code {dead[0].exitcode}; stopped"
+                        )
+            return
         server = api_server(parts, dispatcher, host, port)
 
         async def _stop_server() -> None:
@@ -181,6 +223,88 @@ async def serve(parts: Parts, host: str, port: int, stop: asyncio.Event | None =
             server.should_exit = True
 
         await _until(stop, server.serve(), _stop_server())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """One API process's listening socket on the shared port: with ``SO_REUSEPORT`` the kernel
+    spreads new connections over the processes (on one shared socket, whichever process
+    accepts first takes every connection waiting)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+@contextlib.contextmanager
+def _start_api_processes(
+    settings: Settings, address: tuple[str, int], count: int, wake: Callable[[], None]
+) -> Iterator[list[multiprocessing.process.BaseProcess]]:
+    """``count`` API-only processes listening on ``address`` while the block runs. A datagram
+    socket pair carries their wake-ups to ``wake`` (this process's dispatcher)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    def _woken() -> None:
+        with contextlib.suppress(BlockingIOError):
+            while ours.recv(64):
+                pass
+        wake()
+
+    loop.add_reader(ours.fileno(), _woken)
+    context = multiprocessing.get_context("spawn")  # no copy of this process's threads/loop
+    processes = [
+        context.Process(
+            target=_api_process, args=(settings, address, theirs), name=f"postwarden-api-{i}"
+        )
+        for i in range(count)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        theirs.close()
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(15)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        loop.remove_reader(ours.fileno())
+        ours.close()
+        theirs.close()
+
+
+def _api_process(settings: Settings, address: tuple[str, int], wake: socket.socket) -> None:
+    """An API-only process (see :func:`serve`): it answers requests; the parent delivers."""
+    configure_logging()
+    parts = open_parts(settings, migrate=False)
+    wake.setblocking(False)
+
+    def _wake() -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already on its way
+            wake.send(b"!")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_signals(stop)
+        app = create_app(parts.settings, parts.engine, parts.secret, wake=_wake)
+        server = uvicorn.Server(_uvicorn_config(app, "", 0))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+        async def _stop_server() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        await _until(stop, server.serve(sockets=[_listen(*address)]), _stop_server())
+
+    run(main())
 
 
 async def work(parts: Parts, stop: asyncio.Event | None = None) -> None:

@@ -6,6 +6,7 @@ pragmas, PostgreSQL's ``SKIP LOCKED``) are handled here and in ``postwarden.queu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -21,8 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 BUSY_TIMEOUT = 30.0
-"""Seconds a SQLite transaction waits for the write lock (the in-process lock, then SQLite's
-own busy handler for other processes) before failing with "database is locked"."""
+"""Seconds a SQLite transaction waits for its process's write lock, and then SQLite's busy
+handler for writers that do not take :class:`_WriteLock`, before failing with "database is
+locked". Postwarden processes queue on the ``flock`` without a limit: it is held only for the
+span of a transaction, and a process that dies lets go of it."""
 
 READ_ONLY = "postwarden_read_only"
 """Execution option: ``engine.execution_options(**{READ_ONLY: True})`` (see :func:`reader`)
@@ -31,23 +34,40 @@ on PostgreSQL the option changes nothing."""
 
 
 class _WriteLock:
-    """A process's lock on one SQLite file's writes, knowing which thread holds it."""
+    """The lock on one SQLite file's writes, knowing which thread holds it: a thread lock
+    within the process, then (for a file) ``flock`` on ``<file>-writer`` across processes.
 
-    __slots__ = ("_lock", "owner")
+    Both kinds of waiter are woken as soon as the holder lets go; SQLite's own busy handler
+    sleeps in growing steps (1, 2, 5, 10 ms...), which under load left several processes
+    writing to one file (``serve --api-processes``) idle most of the time. A process that
+    dies releases its ``flock``."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_file", "_lock", "owner")
+
+    def __init__(self, path: str | None) -> None:
         self._lock = threading.Lock()
+        self._file = open(f"{path}-writer", "ab") if path else None  # kept: flock is per open file
         self.owner: int | None = None
 
     def acquire(self, timeout: float) -> bool:
         if not self._lock.acquire(timeout=timeout):
             return False
+        if self._file is not None:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+            except BaseException:
+                self._lock.release()
+                raise
         self.owner = threading.get_ident()
         return True
 
     def release(self) -> None:
         self.owner = None
-        self._lock.release()
+        try:
+            if self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
 
 _write_locks: dict[str, _WriteLock] = {}
@@ -55,19 +75,22 @@ _write_locks_guard = threading.Lock()
 
 
 def _write_lock(database: str | None) -> _WriteLock:
-    key = database if database in (None, "", ":memory:") else os.path.realpath(database)
+    memory = database in (None, "", ":memory:")
+    key = ":memory:" if memory else os.path.realpath(str(database))
     with _write_locks_guard:
-        return _write_locks.setdefault(key or ":memory:", _WriteLock())
+        lock = _write_locks.get(key)
+        if lock is None:
+            lock = _write_locks[key] = _WriteLock(None if memory else key)
+        return lock
 
 
 class _SQLiteConnection(sqlite3.Connection):
     """A pysqlite connection in autocommit mode (``isolation_level = None``) whose
     transactions Postwarden begins itself (see :func:`_sqlite_begin`).
 
-    A write transaction holds its database's in-process lock from its ``BEGIN IMMEDIATE``
-    until its COMMIT or ROLLBACK, so the threads of one process queue on a lock (woken at
-    once) instead of in SQLite's busy handler (which sleeps in steps of milliseconds); other
-    processes still wait through ``busy_timeout``."""
+    A write transaction holds its database's :class:`_WriteLock` from its ``BEGIN IMMEDIATE``
+    until its COMMIT or ROLLBACK, so writers queue on a lock (woken at once) instead of in
+    SQLite's busy handler (which sleeps in steps of milliseconds)."""
 
     pw_write_lock: _WriteLock | None = None  # this database's lock
     pw_held: _WriteLock | None = None  # set while this connection's transaction holds it

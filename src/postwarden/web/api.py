@@ -25,6 +25,7 @@ from postwarden import (
     suppression,
 )
 from postwarden.accounts import Account
+from postwarden.groupcommit import GroupCommit
 from postwarden.settings import Settings
 from postwarden.store import tables as t
 
@@ -110,10 +111,7 @@ class MessagePage(BaseModel):
 async def send_message(
     body: schemas.MessageIn, account: AccountDep, request: Request
 ) -> schemas.Accepted:
-    limits = _limits(request.app.state.settings)
-    accepted = await _group_commit(request).run(
-        lambda conn: intake.submit_message(conn, account, body, limits)
-    )
+    accepted = await _message_intake(request).submit((account, body))
     request.app.state.wake()
     return Response(  # type: ignore[return-value]  # schemas.Accepted, serialised here
         b'{"id":%d,"status":"%s"}' % (accepted.id, accepted.status.encode()),
@@ -122,12 +120,24 @@ async def send_message(
     )
 
 
-def _group_commit(request: Request) -> intake.GroupCommit:
-    """The app's group-commit writer for single messages (see :class:`intake.GroupCommit`)."""
+MessageIntake = GroupCommit[tuple[Account, schemas.MessageIn], schemas.Accepted]
+
+
+def _message_intake(request: Request) -> MessageIntake:
+    """The app's group commit for single messages: under load, the requests that arrive while
+    one transaction is being written are stored together by the next (``intake.submit_many``)."""
     state = request.app.state
-    writer: intake.GroupCommit | None = getattr(state, "group_commit", None)
+    writer: MessageIntake | None = getattr(state, "message_intake", None)
     if writer is None:
-        writer = state.group_commit = intake.GroupCommit(state.engine)
+        engine, limits = state.engine, _limits(state.settings)
+
+        def write(
+            items: list[tuple[Account, schemas.MessageIn]],
+        ) -> list[schemas.Accepted | Exception]:
+            with engine.begin() as conn:
+                return list(intake.submit_many(conn, items, limits))
+
+        writer = state.message_intake = GroupCommit(write)
     return writer
 
 

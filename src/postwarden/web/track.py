@@ -17,11 +17,9 @@ The ``/v1`` part: ``PATCH /v1/account`` (tracking on or off) and ``GET /v1/repor
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -32,6 +30,7 @@ from sqlalchemy import Engine, update
 from starlette.concurrency import run_in_threadpool
 
 from postwarden import accounts, clock, engagement, queries, suppression, tracking
+from postwarden.groupcommit import GroupCommit
 from postwarden.settings import Settings
 from postwarden.store import tables as t
 from postwarden.web.api import AccountDep, ConnDep, ReadConnDep
@@ -62,7 +61,7 @@ class _State:
             self.settings.soft_bounce_limit, self.settings.soft_bounce_days
         )
         self.links = engagement.LinkCache()
-        self.opens = _GroupCommit(self._write_opens)
+        self.opens: GroupCommit[engagement.OpenHit, bool] = GroupCommit(self._write_opens)
         self.recent: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     def seen(self, key: tuple[Any, ...]) -> bool:
@@ -76,42 +75,9 @@ class _State:
     def forget(self, key: tuple[Any, ...]) -> None:
         self.recent.pop(key, None)
 
-    def _write_opens(self, hits: list[engagement.OpenHit]) -> list[bool]:
+    def _write_opens(self, hits: list[engagement.OpenHit]) -> list[bool | Exception]:
         with self.engine.begin() as conn:
-            return engagement.record_opens(conn, self.secret, hits, policy=self.policy)
-
-
-class _GroupCommit:
-    """Pixel fetches that arrive while a write is under way are recorded together in the
-    next transaction: one commit for many opens under load, none of them lost (each request
-    is answered once its open is committed)."""
-
-    def __init__(self, write: Callable[[list[Any]], list[Any]]) -> None:
-        self.write = write
-        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: Any) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append((item, future))
-        loop = asyncio.get_running_loop()
-        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
-            self.task = asyncio.create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending[:500], self.pending[500:]
-            try:
-                results = await run_in_threadpool(self.write, [item for item, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            return list(engagement.record_opens(conn, self.secret, hits, policy=self.policy))
 
 
 def _state(request: Request) -> _State:
