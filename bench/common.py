@@ -131,6 +131,22 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def wait_listeners(port: int, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` sockets listen on ``port`` (``serve --api-processes``: one each)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in f.readlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    found += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+        if found >= count:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {count} sockets listen on port {port}")
+
+
 class Sink:
     """Postfix's smtp-sink on loopback, counting what it received (``-c``)."""
 

@@ -173,8 +173,7 @@ def _single_run(seconds: float, workdir: Path, processes: int) -> tuple[float, i
         args = ["serve", "--port", str(port), "--api-processes", str(processes)]
         proc = common.start(args, env, workdir / f"single{processes}.log")
         try:
-            common.wait_port(port)
-            time.sleep(1.0 if processes else 0)  # every API process listening
+            common.wait_listeners(port, max(1, processes))
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
                 lua.write(WRK_LUA % {"key": key, "domain": common.SINK_DOMAIN})
             wrk = common.which("wrk")

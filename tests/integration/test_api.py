@@ -37,6 +37,18 @@ def auth(account_key: tuple[accounts.Account, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {account_key[1]}"}
 
 
+@pytest.fixture(params=["route", "fast path"])
+def post_auth(
+    request: pytest.FixtureRequest, engine: Engine, account_key: tuple[accounts.Account, str]
+) -> dict[str, str]:
+    """The key for POST /v1/messages, either path: a key not seen yet goes through the FastAPI
+    route; one authenticated within seconds is taken by ``api.MessageFastPath``."""
+    if request.param == "fast path":
+        with engine.connect() as conn:
+            assert accounts.authenticate_cached(conn, account_key[1]) is not None
+    return {"Authorization": f"Bearer {account_key[1]}"}
+
+
 def counts(engine: Engine) -> tuple[int, int, int]:
     with engine.connect() as conn:
         return tuple(  # type: ignore[return-value]
@@ -45,8 +57,12 @@ def counts(engine: Engine) -> tuple[int, int, int]:
         )
 
 
-def test_send_and_read_back(client: TestClient, auth: dict[str, str]) -> None:
-    response = client.post("/v1/messages", json=MESSAGE | {"metadata": {"order": 42}}, headers=auth)
+def test_send_and_read_back(
+    client: TestClient, auth: dict[str, str], post_auth: dict[str, str]
+) -> None:
+    response = client.post(
+        "/v1/messages", json=MESSAGE | {"metadata": {"order": 42}}, headers=post_auth
+    )
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "pending"
@@ -85,7 +101,7 @@ def test_send_and_read_back(client: TestClient, auth: dict[str, str]) -> None:
 )
 def test_bad_input_is_refused_and_nothing_is_stored(
     client: TestClient,
-    auth: dict[str, str],
+    post_auth: dict[str, str],
     engine: Engine,
     payload: Any,
     raw: bytes | None,
@@ -95,10 +111,10 @@ def test_bad_input_is_refused_and_nothing_is_stored(
     before = counts(engine)
     if raw is not None:
         response = client.post(
-            "/v1/messages", content=raw, headers=auth | {"Content-Type": "application/json"}
+            "/v1/messages", content=raw, headers=post_auth | {"Content-Type": "application/json"}
         )
     else:
-        response = client.post("/v1/messages", json=payload, headers=auth)
+        response = client.post("/v1/messages", json=payload, headers=post_auth)
     assert response.status_code == code, response.text
     assert words.lower() in response.json()["detail"].lower()
     assert counts(engine) == before
@@ -112,8 +128,9 @@ def small_limit_client(settings: Settings, engine: Engine) -> Iterator[TestClien
 
 
 def test_oversized_body_is_refused(
-    small_limit_client: TestClient, auth: dict[str, str], engine: Engine
+    small_limit_client: TestClient, post_auth: dict[str, str], engine: Engine
 ) -> None:
+    auth = post_auth
     big = base64.b64encode(b"x" * 1_200_000).decode()
     response = small_limit_client.post(
         "/v1/messages",

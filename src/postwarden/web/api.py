@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, insert, select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postwarden import (
     accounts,
@@ -111,9 +114,14 @@ class MessagePage(BaseModel):
 async def send_message(
     body: schemas.MessageIn, account: AccountDep, request: Request
 ) -> schemas.Accepted:
-    accepted = await _message_intake(request).submit((account, body))
-    request.app.state.wake()
-    return Response(  # type: ignore[return-value]  # schemas.Accepted, serialised here
+    return await accept_message(request.app.state, account, body)  # type: ignore[return-value]
+
+
+async def accept_message(state: Any, account: Account, body: schemas.MessageIn) -> Response:
+    """Store one message through the app's group commit, wake the dispatcher, answer 202."""
+    accepted = await _message_intake(state).submit((account, body))
+    state.wake()
+    return Response(
         b'{"id":%d,"status":"%s"}' % (accepted.id, accepted.status.encode()),
         status.HTTP_202_ACCEPTED,
         media_type="application/json",
@@ -123,10 +131,9 @@ async def send_message(
 MessageIntake = GroupCommit[tuple[Account, schemas.MessageIn], schemas.Accepted]
 
 
-def _message_intake(request: Request) -> MessageIntake:
+def _message_intake(state: Any) -> MessageIntake:
     """The app's group commit for single messages: under load, the requests that arrive while
     one transaction is being written are stored together by the next (``intake.submit_many``)."""
-    state = request.app.state
     writer: MessageIntake | None = getattr(state, "message_intake", None)
     if writer is None:
         engine, limits = state.engine, _limits(state.settings)
@@ -139,6 +146,91 @@ def _message_intake(request: Request) -> MessageIntake:
 
         writer = state.message_intake = GroupCommit(write)
     return writer
+
+
+class MessageFastPath:
+    """``POST /v1/messages``, the hot endpoint, without FastAPI's per-request machinery
+    (dependencies, middleware layers: about 150 of its 185 µs before any database work).
+
+    Only the plain case is taken here: a JSON body within the size limit, an API key
+    authenticated in the last few seconds (:func:`accounts.cached`), a body that validates.
+    Anything else goes on to the app with its body, so refusals, their wording and the API
+    documentation stay FastAPI's. The same model validates the body and
+    :func:`accept_message` stores it, as the route does."""
+
+    def __init__(self, app: ASGIApp, state: Any, limit: int) -> None:
+        self.app = app
+        self.state = state
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != "/v1/messages"
+            or scope.get("root_path")
+        ):
+            return await self.app(scope, receive, send)
+        account = None
+        json_body = False
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                account = accounts.cached(value[7:].decode("latin-1").strip())
+            elif name == b"content-type":
+                json_body = value.split(b";")[0].strip().lower() == b"application/json"
+        if account is None or not json_body:
+            return await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more and size <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if size <= self.limit:
+            try:
+                parsed = schemas.MessageIn.model_validate(json.loads(body))
+            except (ValueError, ValidationError):
+                pass  # FastAPI words the refusal
+            else:
+                try:
+                    response = await accept_message(self.state, account, parsed)
+                except errors.PostwardenError as exc:
+                    response = error_response(exc)
+                return await response(scope, receive, send)
+        return await self.app(scope, _replay(body, more, receive), send)
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A ``receive`` that hands over what was read already, then the rest (if ``more``)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
+
+
+_STATUS = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.InvalidTransition: 409,
+    errors.InvalidInput: 422,
+}
+
+
+def error_response(exc: errors.PostwardenError) -> JSONResponse:
+    """The JSON answer to a refusal: ``{"detail": ...}`` with its status code (400 by default)."""
+    code = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 400)
+    return JSONResponse({"detail": exc.message}, code)
 
 
 @router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")

@@ -14,13 +14,6 @@ from postwarden import __version__, errors
 from postwarden.settings import Settings
 from postwarden.web import api, track, ui
 
-_STATUS = {
-    errors.NotFound: 404,
-    errors.Conflict: 409,
-    errors.InvalidTransition: 409,
-    errors.InvalidInput: 422,
-}
-
 
 class BodyLimit:
     """Refuse a request body over the limit with 413 before reading it all."""
@@ -74,8 +67,7 @@ def create_app(
 
     @app.exception_handler(errors.PostwardenError)
     async def _known(_: Request, exc: errors.PostwardenError) -> JSONResponse:
-        code = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse({"detail": exc.message}, code)
+        return api.error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -96,6 +88,7 @@ def create_app(
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_message_bytes * 2)
+    app.add_middleware(api.MessageFastPath, state=app.state, limit=settings.max_message_bytes * 2)
     return app
 
 
