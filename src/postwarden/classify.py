@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 __all__ = [
     "REASONS",
@@ -54,6 +56,11 @@ class Verdict:
     group: str
     explanation: str
     next_step: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent back from the parser process: positional arguments load faster than the
+        # state dataclasses keep for slots.
+        return (Verdict, (self.reason, self.hard, self.group, self.explanation, self.next_step))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1016,6 +1023,7 @@ def _normalise_status(status: str | None) -> str | None:
     return f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}" if m else None
 
 
+@cache  # one Verdict per outcome: they are immutable
 def _verdict(reason: str, temporary: bool) -> Verdict:
     group, explanation, next_step = describe(reason)
     hard = reason in _HARD or (reason == "notaccept" and not temporary)

@@ -318,6 +318,76 @@ async def test_oversized_message_is_refused_with_552(
     assert len(inbound_rows(engine)) == 1
 
 
+async def test_data_is_stored_as_sent_however_it_arrives(
+    server: InboundServer, engine: Engine, account: accounts.Account
+) -> None:
+    """The DATA reader takes the mail in chunks: split writes, dot-stuffed lines, lines ending
+    with a dot, an empty mail, a mail longer than a read and commands sent right behind the
+    end all give back exactly what the client meant, and each mail its own reply."""
+    mails = [
+        b"Subject: dots\r\n\r\n..starts with a dot\r\nends with a dot.\r\n.\r\nx.\r\n",
+        b"",
+        b"Subject: long\r\n\r\n" + b"0123456789abcdef.\r\n" * 4000,  # ~76 KB
+        b"Subject: no dots\r\n\r\n" + (b"x" * 70 + b"\r\n") * 400,  # longer than a read
+        b".\r\n",  # one line holding a single dot
+    ]
+    rcpt = f"fbl@{BOUNCE_DOMAIN}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+    async def reply() -> bytes:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        while line[3:4] == b"-":
+            line = await asyncio.wait_for(reader.readline(), 10)
+        return line
+
+    try:
+        assert (await reply()).startswith(b"220 ")
+        writer.write(b"EHLO client.test\r\n")
+        assert (await reply()).startswith(b"250 ")
+        for mail in mails:
+            writer.write(f"MAIL FROM:<>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+            assert [(await reply())[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+            stuffed = re.sub(rb"(?m)^\.", b"..", mail) + b".\r\n"
+            for i in range(0, len(stuffed), 7):  # the terminator split across writes too
+                writer.write(stuffed[i : i + 7])
+                await writer.drain()
+            assert (await reply()).startswith(b"250 ")
+        # The end of the data and the next commands in one write.
+        writer.write(b"MAIL FROM:<>\r\nRCPT TO:<" + rcpt.encode() + b">\r\nDATA\r\n")
+        assert [(await reply())[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        writer.write(b"Subject: last\r\n\r\nbye\r\n.\r\nNOOP\r\n")
+        assert (await reply()).startswith(b"250 2.0.0 Ok: queued")
+        assert (await reply()).startswith(b"250 ")  # the NOOP
+        # A line over the limit is refused, and the connection stays in step.
+        writer.write(b"MAIL FROM:<>\r\nRCPT TO:<" + rcpt.encode() + b">\r\nDATA\r\n")
+        assert [(await reply())[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        writer.write(b"Subject: wide\r\n\r\n" + b"w" * 20_000 + b"\r\n.\r\nNOOP\r\n")
+        assert (await reply()).startswith(b"500 ")
+        assert (await reply()).startswith(b"250 ")
+        writer.write(b"QUIT\r\n")
+        assert (await reply()).startswith(b"221 ")
+    finally:
+        writer.close()
+    assert [bytes(r.raw) for r in inbound_rows(engine)] == [
+        *mails,
+        b"Subject: last\r\n\r\nbye\r\n",
+    ]
+
+
+async def test_mails_stored_together_each_get_their_own_id(
+    server: InboundServer, engine: Engine, account: accounts.Account
+) -> None:
+    """Mails whose DATA ends at the same time are stored in one transaction (one INSERT);
+    each sender's "queued as" still names the row holding its own mail."""
+    mails = [f"Subject: mail {i}\r\n\r\n{'x' * i}\r\n".encode() for i in range(24)]
+    replies = await asyncio.gather(
+        *(smtp_send(server.port, [f"fbl@{BOUNCE_DOMAIN}"], mail) for mail in mails)
+    )
+    stored = {r.id: bytes(r.raw) for r in inbound_rows(engine)}
+    queued = [int(message.rsplit(" ", 1)[1]) for _code, message in replies]
+    assert [stored[i] for i in queued] == mails
+
+
 async def test_connection_limit_answers_421(
     settings: Settings, engine: Engine, account: accounts.Account
 ) -> None:

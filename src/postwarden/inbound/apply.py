@@ -20,22 +20,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import multiprocessing
-import pickle
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
 from postwarden import addresses, classify, clock, recorder, store, suppression, verp
 from postwarden.compose import TOKEN_HEADER
-from postwarden.inbound import dsn
+from postwarden.inbound import dsn, parsing
 from postwarden.status import Kind, Status
+from postwarden.store import raw
 from postwarden.store import tables as t
 
 if TYPE_CHECKING:
@@ -136,7 +133,7 @@ def process_pending(parts: Parts, limit: int = 200) -> int:
     if not ids:
         return 0
     policy = suppression.Policy(parts.settings.soft_bounce_limit, parts.settings.soft_bounce_days)
-    with parts.engine.connect() as conn:
+    with store.reader(parts.engine).connect() as conn:
         rows = {
             row.id: row
             for row in conn.execute(
@@ -171,64 +168,27 @@ PARSE_IN_PROCESS_FROM = 16
 """Batches of at least this many mails are parsed in a separate process (the parser is pure
 CPU, and the server's process also speaks SMTP and records); smaller ones in this thread."""
 
-_pool: ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _parse_each(raws: list[bytes]) -> list[dsn.Report | BaseException]:
-    """Parse each mail; a fault is returned in its place, so it marks only that mail."""
-    out: list[dsn.Report | BaseException] = []
-    for raw in raws:
-        try:
-            out.append(dsn.parse(raw))  # pure; kept out of any transaction
-        except Exception as exc:
-            out.append(exc)
-    return out
+_parser: parsing.Parser | None = None
+_parser_lock = threading.Lock()
 
 
 def _parse_all(raws: list[bytes]) -> list[dsn.Report | BaseException]:
-    global _pool
+    global _parser
     if len(raws) >= PARSE_IN_PROCESS_FROM and dsn.parse is _PARSE:
-        try:
-            with _pool_lock:
-                if _pool is None:
-                    _pool = ProcessPoolExecutor(
-                        max_workers=1, mp_context=multiprocessing.get_context("spawn")
-                    )
-                pool = _pool
-            return [
-                r if isinstance(r, BaseException) else _from_wire(r)
-                for r in pool.submit(_parse_for_wire, raws).result()
-            ]
-        except Exception:
-            log.exception("the parser process failed; parsing in this one")
-            with _pool_lock:
-                if _pool is pool:
-                    _pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-    return _parse_each(raws)
+        with _parser_lock:
+            try:
+                if _parser is None:
+                    _parser = parsing.Parser()
+                return _parser.parse(raws)
+            except Exception:
+                log.exception("the parser process failed; parsing in this one")
+                if _parser is not None:
+                    _parser.close()
+                    _parser = None
+    return parsing.parse_each(raws)
 
 
 _PARSE = dsn.parse
-
-
-def _parse_for_wire(raws: list[bytes]) -> list[dsn.Report | BaseException]:
-    """In the parser process: ``_parse_each``, made picklable (headers as a dict)."""
-    out: list[dsn.Report | BaseException] = []
-    for report in _parse_each(raws):
-        if isinstance(report, BaseException):
-            try:
-                pickle.dumps(report)
-            except Exception:
-                report = RuntimeError(f"{type(report).__name__}: {report}")
-            out.append(report)
-        else:
-            out.append(replace(report, returned_headers=dict(report.returned_headers)))
-    return out
-
-
-def _from_wire(report: dsn.Report) -> dsn.Report:
-    return replace(report, returned_headers=MappingProxyType(dict(report.returned_headers)))
 
 
 def _mark_error(parts: Parts, inbound_id: int, exc: BaseException) -> None:
@@ -247,11 +207,12 @@ def _apply_batch(
     write transaction: the SQLite write lock, which the server's stores wait for, is held
     only while writing."""
     domains: dict[frozenset[str], list[int]] = {}
-    planned: list[tuple[int, str, int | None, str]] = []
+    planned: list[tuple[int, str, str, int | None, None]] = []
     facts: list[recorder.Fact] = []
+    named = [_token_ids(parts.secret, row.rcpt_to or (), rep) for _i, row, rep in parsed]
     with store.reader(parts.engine).connect() as conn:
-        known = _prefetch(conn, parts.secret, [(row.rcpt_to, rep) for _i, row, rep in parsed])
-        for inbound_id, row, report in parsed:
+        known = _prefetch(conn, named)
+        for (inbound_id, row, report), tokens in zip(parsed, named, strict=True):
             state, account_id, mail_facts = _plan(
                 conn,
                 parts.secret,
@@ -259,29 +220,19 @@ def _apply_batch(
                 inbound_id=inbound_id,
                 rcpt_to=list(row.rcpt_to or ()),
                 received_at=row.received_at,
+                named=tokens,
                 known=known,
                 domains=domains,
             )
             facts.extend(mail_facts)
-            planned.append((inbound_id, state, account_id, report.kind.value))
+            planned.append((inbound_id, state, report.kind.value, account_id, None))
     with parts.engine.begin() as conn:
         if facts:
             floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
             facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
             recorder.record(conn, facts, policy=policy)
-        conn.execute(
-            update(im)
-            .where(im.c.id == bindparam("b_id"))
-            .values(
-                state=bindparam("b_state"),
-                kind=bindparam("b_kind"),
-                account_id=bindparam("b_account"),
-                error=None,
-            ),
-            [
-                {"b_id": i, "b_state": st, "b_kind": kind, "b_account": acc}
-                for i, st, acc, kind in planned
-            ],
+        raw.dialect_of(conn).update_many(
+            conn, "inbound_mails", ("state", "kind", "account_id", "error"), planned
         )
 
 
@@ -346,14 +297,18 @@ def _plan(
     inbound_id: int | None,
     rcpt_to: Sequence[str],
     received_at: datetime,
+    named: list[tuple[int | None, str]] | None = None,
     known: dict[int, _Target | None] | None = None,
     domains: dict[frozenset[str], list[int]] | None = None,
 ) -> tuple[str, int | None, list[recorder.Fact]]:
     """Match one report to messages: its final state, account and facts (not yet recorded).
-    ``known`` holds messages already read by id (None: no such message); ``domains`` caches
-    the accounts of each set of bounce domains within a batch."""
+    ``named`` is what :func:`_token_ids` gave for this mail, if already known; ``known``
+    holds messages already read by id (None: no such message); ``domains`` caches the
+    accounts of each set of bounce domains within a batch."""
     account_ids = _accounts_of(conn, rcpt_to, domains)
-    by_token = _match_token(conn, secret, rcpt_to, report, known)
+    if named is None:
+        named = _token_ids(secret, rcpt_to, report)
+    by_token = _match_token(conn, named, known)
     recipients = list(report.recipients)
     if not recipients and by_token is not None and report.kind is dsn.Kind.COMPLAINT:
         # ARF reports often redact the recipient; the quoted token still names the message.
@@ -569,17 +524,11 @@ def _token_ids(
 
 
 def _prefetch(
-    conn: Connection, secret: bytes, mails: Sequence[tuple[Any, dsn.Report]]
+    conn: Connection, named: Sequence[list[tuple[int | None, str]]]
 ) -> dict[int, _Target | None]:
-    """Read every message a batch of mails names by token, in one query per chunk."""
-    ids = sorted(
-        {
-            mid
-            for rcpt_to, report in mails
-            for mid, _by in _token_ids(secret, list(rcpt_to or ()), report)
-            if mid is not None
-        }
-    )
+    """Read every message a batch of mails names by token (``named``: :func:`_token_ids` of
+    each mail), in one query per chunk."""
+    ids = sorted({mid for tokens in named for mid, _by in tokens if mid is not None})
     known: dict[int, _Target | None] = dict.fromkeys(ids)
     for start in range(0, len(ids), 900):
         for row in conn.execute(
@@ -591,12 +540,10 @@ def _prefetch(
 
 def _match_token(
     conn: Connection,
-    secret: bytes,
-    rcpt_to: Sequence[str],
-    report: dsn.Report,
+    named: list[tuple[int | None, str]],
     known: dict[int, _Target | None] | None = None,
 ) -> _Target | None:
-    for message_id, matched_by in _token_ids(secret, rcpt_to, report):
+    for message_id, matched_by in named:
         found = _message(conn, message_id, matched_by, known)
         if found is not None:
             return found

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Connection, Engine, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Connection, Engine, Integer, LargeBinary, String, Text
 from sqlalchemy.types import TypeEngine
 
 from postwarden.store.tables import UTCDateTime
@@ -120,6 +120,8 @@ class Dialect:
             return "bigint"
         if isinstance(type_, String | Text):
             return "text"
+        if isinstance(type_, LargeBinary):
+            return "bytea"
         raise TypeError(f"no cast for {type_!r}")
 
     # -- statements ----------------------------------------------------------------------
@@ -157,6 +159,44 @@ class Dialect:
             arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
             sql = self._sql[key] = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"
         conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+
+    def insert_returning_ids(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> list[int]:
+        """Insert rows (tuples in ``columns`` order) and return their ids, in the rows' order:
+        one multi-row INSERT per chunk instead of one statement per row. A statement's rows
+        take increasing ids in the order they are inserted, so the returned ids, sorted, are
+        the rows' (RETURNING itself promises no order)."""
+        if not rows:
+            return []
+        cols = ", ".join(columns)
+        ids: list[int] = []
+        if self.name != "postgresql":
+            one = f"({self.marks(len(columns))})"
+            for chunk in chunks(rows, max(1, CHUNK // len(columns))):
+                sql = (
+                    f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} "
+                    "RETURNING id"
+                )
+                params = tuple(value for row in chunk for value in row)
+                ids.extend(sorted(r[0] for r in conn.exec_driver_sql(sql, params)))
+            return ids
+        key = ("insert_returning_ids", table, tuple(columns))
+        sql = self._sql.get(key)
+        if sql is None:
+            from postwarden.store.tables import metadata
+
+            types = metadata.tables[table].c
+            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
+            sql = self._sql[key] = (
+                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) RETURNING id"
+            )
+        params = tuple(list(col) for col in zip(*rows, strict=True))
+        return sorted(r[0] for r in conn.exec_driver_sql(sql, params))
 
     def insert_ignore_returning(
         self,
@@ -199,6 +239,38 @@ class Dialect:
         params = tuple(list(col) for col in zip(*rows, strict=True))
         added.update(tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall())
         return added
+
+    def update_many(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Set ``columns`` of rows found by id; each row is (id, *values in ``columns``
+        order). An executemany of one prepared statement on SQLite, one UPDATE ... FROM
+        unnest(arrays) on PostgreSQL."""
+        if not rows:
+            return
+        key = ("update_many", table, tuple(columns))
+        sql = self._sql.get(key)
+        if self.name != "postgresql":
+            if sql is None:
+                sets = ", ".join(f"{c} = ?{i}" for i, c in enumerate(columns, start=2))
+                sql = self._sql[key] = f"UPDATE {table} SET {sets} WHERE id = ?1"
+            conn.exec_driver_sql(sql, list(rows))
+            return
+        if sql is None:
+            from postwarden.store.tables import metadata
+
+            types = metadata.tables[table].c
+            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in ("id", *columns))
+            sets = ", ".join(f"{c} = v.{c}" for c in columns)
+            sql = self._sql[key] = (
+                f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}) "
+                f"AS v(id, {', '.join(columns)}) WHERE t.id = v.id"
+            )
+        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
 
     def update_messages(
         self, conn: Connection, extra: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
