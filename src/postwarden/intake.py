@@ -148,12 +148,18 @@ def _message_row(
     } | more
 
 
+def _plain_sql_ok(table: Table, columns: Sequence[str]) -> bool:
+    """Whether plain SQL naming only ``columns`` leaves out no column that needs SQLAlchemy's
+    own default."""
+    return all(c.name in columns or c.primary_key or c.default is None for c in table.columns)
+
+
 def _insert_returning_ids(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:
     """Insert rows that all have the same keys and return their ids in order, as plain SQL
     (``store.raw``): SQLAlchemy's per-row parameter processing and RETURNING bookkeeping were
-    most of a group commit's cost. The columns left out must not need SQLAlchemy's defaults."""
+    most of a group commit's cost."""
     columns = list(rows[0])
-    assert all(c.name in columns or c.primary_key or c.default is None for c in table.columns)
+    assert _plain_sql_ok(table, columns)
     dialect = raw.dialect_of(conn)
     convert = [dialect.converter(table.c[name].type) for name in columns]
     values = [tuple(f(row[c]) for f, c in zip(convert, columns, strict=True)) for row in rows]
@@ -294,9 +300,8 @@ def _insert_broadcast(
     pending = Status.PENDING.value
     now = constants["created_at"]
     names = [*constants, "to_addr", "status", "contact_id", "detail", "reason", "next_attempt_at"]
-    # A column this raw statement would leave out must not need SQLAlchemy's own default.
-    raw_ok = all(c.name in names or c.primary_key or c.default is None for c in t.messages.columns)
-    if not raw_ok or conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
+    plain = conn.dialect.name == "sqlite" and conn.dialect.paramstyle == "qmark"
+    if not plain or not _plain_sql_ok(t.messages, names):
         for i in range(0, len(rows), 5000):
             conn.execute(
                 _INSERT_MESSAGES_MANY,
