@@ -91,12 +91,6 @@ _SCREEN_SUPPRESSED_ONE = _ENTRY.where(
 _SCREEN_BLOCKED = select(t.blocks.c.pattern).where(t.blocks.c.account_id == bindparam("account_id"))
 
 
-SCREEN_CACHE = "postwarden_screen_cache"
-"""``conn.info`` key of a dict that a group commit (``intake.GroupCommit``) sets for the span of
-one transaction of many submissions: each account's block list is then read once per
-transaction instead of once per message. Absent, every Screen reads the block list."""
-
-
 class Screen:
     """Intake's look-up of the suppression and block lists for a set of addresses."""
 
@@ -122,13 +116,7 @@ class Screen:
             )
             for row in rows:
                 self.suppressed[(row.address, row.category)] = Entry(*row)
-        cache: dict[object, set[str]] | None = conn.info.get(SCREEN_CACHE)
-        blocked = cache.get(("blocked", account_id)) if cache is not None else None
-        if blocked is None:
-            blocked = set(conn.scalars(_SCREEN_BLOCKED, {"account_id": account_id}))
-            if cache is not None:
-                cache[("blocked", account_id)] = blocked
-        self.blocked = blocked
+        self.blocked = set(conn.scalars(_SCREEN_BLOCKED, {"account_id": account_id}))
 
     def decide(self, address: str, category: str) -> tuple[Status, str] | None:
         """Blocked or dropped with the reason shown to people; None when it may be sent."""
