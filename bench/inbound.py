@@ -119,7 +119,8 @@ def run(report: common.Report, n: int, workdir: Path, limit: float | None) -> No
             "smtp-source" if limit else "",
             limit,
             ">= 1,000",
-            f"N={n:,}; {bounced:,} messages now bounced",
+            f"N={n:,}; "
+            + ("every message now bounced" if bounced == n else f"ONLY {bounced:,} BOUNCED"),
         )
     )
     try:

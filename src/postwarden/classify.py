@@ -35,7 +35,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 __all__ = [
     "REASONS",
@@ -56,11 +55,6 @@ class Verdict:
     group: str
     explanation: str
     next_step: str
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Sent back from the parser process: positional arguments load faster than the
-        # state dataclasses keep for slots.
-        return (Verdict, (self.reason, self.hard, self.group, self.explanation, self.next_step))
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select, update
 from postwarden import accounts, clock, intake, recorder, schemas, suppression, verp
 from postwarden.channels.smtp import SMTPChannel, SMTPConfig
 from postwarden.dispatcher import Dispatcher
-from postwarden.inbound import apply
+from postwarden.inbound import apply, dsn, worker
 from postwarden.inbound.server import InboundServer
 from postwarden.service import Parts, running_inbound
 from postwarden.settings import Settings
@@ -498,6 +498,24 @@ def test_random_and_truncated_mime_through_store_and_process(
     assert message(engine, mid).status in ("sent", "bounced")
 
 
+async def test_large_mail_is_kept_whole_and_applied(
+    server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
+) -> None:
+    """The applying reads only the start of each mail (all the parser looks at); the stored
+    raw mail stays whole."""
+    mid = make_message(engine, account, "big@example.test", Kind.RELAYED)
+    raw = dsn_for(parts.secret, mid, "big@example.test") + b"padding line\r\n" * 30_000
+    assert len(raw) > 3 * dsn.READ_BYTES
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    code, _ = await smtp_send(server.port, [rcpt], raw)
+    assert code == 250
+    assert await process(parts) == 1
+    (row,) = inbound_rows(engine)
+    assert bytes(row.raw) == raw
+    assert row.state == "done"
+    assert message(engine, mid).status == "bounced"
+
+
 async def test_parser_fault_marks_error_and_keeps_raw(
     server: InboundServer,
     parts: Parts,
@@ -789,3 +807,38 @@ def test_a_mail_left_processing_by_a_dead_process_is_claimed_again(
             )
         )
         assert apply.claim(conn, 10) == [inbound_id]
+
+
+async def test_a_dead_worker_is_replaced_and_nothing_is_lost(
+    settings: Settings,
+    engine: Engine,
+    account: accounts.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stored mails are applied by a worker process; one that dies is replaced, and a bounce
+    received meanwhile (stored, answered 250) is applied by the next one."""
+    started: list[worker.Worker] = []
+
+    class Recorded(worker.Worker):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    monkeypatch.setattr(worker, "Worker", Recorded)
+    monkeypatch.setattr(worker, "RESTART_DELAY", 0.1)
+    parts = Parts(settings.model_copy(update={"inbound_port": 0}), engine, secret_of(settings))
+    first = make_message(engine, account, "w1@example.test", Kind.RELAYED)
+    second = make_message(engine, account, "w2@example.test", Kind.RELAYED)
+    stop = asyncio.Event()
+    async with running_inbound(parts, stop) as inbound:
+        for mid, to in ((first, "w1@example.test"), (second, "w2@example.test")):
+            rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+            code, _ = await smtp_send(inbound.port, [rcpt], dsn_for(parts.secret, mid, to))
+            assert code == 250
+            await wait_for(lambda mid=mid: message(engine, mid).status == "bounced")
+            if mid == first:
+                assert len(started) == 1
+                started[0].process.kill()
+                await asyncio.to_thread(started[0].process.wait)
+        assert len(started) == 2
+    assert started[1].process.poll() is not None  # stopped with the server

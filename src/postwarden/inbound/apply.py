@@ -20,23 +20,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
 from postwarden import addresses, classify, clock, recorder, store, suppression, verp
 from postwarden.compose import TOKEN_HEADER
-from postwarden.inbound import dsn, parsing
+from postwarden.inbound import dsn
 from postwarden.status import Kind, Status
 from postwarden.store import raw
 from postwarden.store import tables as t
 
 if TYPE_CHECKING:
-    from postwarden.service import Parts
+    from sqlalchemy import Engine
+
+    from postwarden.settings import Settings
 
 __all__ = ["ERROR", "MATCH_WINDOW", "claim", "process_pending", "run"]
 
@@ -77,6 +78,18 @@ recipient asking to stop: they are kept but change no message."""
 
 im = t.inbound_mails
 m = t.messages
+
+
+class Parts(Protocol):
+    """What applying needs of :class:`postwarden.service.Parts` (the worker process, which
+    does not import the service, makes its own)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def secret(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +150,18 @@ def process_pending(parts: Parts, limit: int = 200) -> int:
         rows = {
             row.id: row
             for row in conn.execute(
-                select(im.c.id, im.c.raw, im.c.rcpt_to, im.c.received_at).where(im.c.id.in_(ids))
+                select(
+                    im.c.id,
+                    func.substr(im.c.raw, 1, dsn.READ_BYTES).label("raw"),
+                    im.c.rcpt_to,
+                    im.c.received_at,
+                ).where(im.c.id.in_(ids))
             )
         }
     parsed: list[tuple[int, Any, dsn.Report]] = []
     present = [i for i in ids if i in rows]
-    reports = _parse_all([bytes(rows[i].raw) for i in present])
+    # SQLite's substr of an empty blob is NULL.
+    reports = _parse_each([bytes(rows[i].raw or b"") for i in present])
     for inbound_id, report in zip(present, reports, strict=True):
         if isinstance(report, BaseException):
             log.error("inbound mail %d could not be parsed: %s", inbound_id, report)
@@ -164,31 +183,15 @@ def process_pending(parts: Parts, limit: int = 200) -> int:
     return len(ids)
 
 
-PARSE_IN_PROCESS_FROM = 16
-"""Batches of at least this many mails are parsed in a separate process (the parser is pure
-CPU, and the server's process also speaks SMTP and records); smaller ones in this thread."""
-
-_parser: parsing.Parser | None = None
-_parser_lock = threading.Lock()
-
-
-def _parse_all(raws: list[bytes]) -> list[dsn.Report | BaseException]:
-    global _parser
-    if len(raws) >= PARSE_IN_PROCESS_FROM and dsn.parse is _PARSE:
-        with _parser_lock:
-            try:
-                if _parser is None:
-                    _parser = parsing.Parser()
-                return _parser.parse(raws)
-            except Exception:
-                log.exception("the parser process failed; parsing in this one")
-                if _parser is not None:
-                    _parser.close()
-                    _parser = None
-    return parsing.parse_each(raws)
-
-
-_PARSE = dsn.parse
+def _parse_each(raws: list[bytes]) -> list[dsn.Report | BaseException]:
+    """Parse each mail; a fault is returned in its place, so it marks only that mail."""
+    out: list[dsn.Report | BaseException] = []
+    for mail in raws:
+        try:
+            out.append(dsn.parse(mail))  # pure; kept out of any transaction
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def _mark_error(parts: Parts, inbound_id: int, exc: BaseException) -> None:
@@ -580,12 +583,14 @@ def _is_address_of(r: dsn.Recipient, to_addr: str) -> bool:
 # endregion
 
 
-BATCH = 200
+BATCH = 500
 """Mails applied per round (one write transaction)."""
 
-GATHER = 0.1
-"""Seconds the loop waits after a wake before applying, so a stream of mails (each one wakes
-it) is applied in batches instead of one small round per mail."""
+GATHER = 0.2
+"""Seconds the worker waits after a wake before applying, so a stream of mails (each one wakes
+it) is applied in batches instead of one small round per mail. Each round has fixed costs (a
+claim, reads, two commits whose SQLite write lock holds up the server's stores): at 1,000
+mails/s, rounds of up to 500 mails applied 5% more per second than rounds of up to 200."""
 
 
 async def run(
@@ -595,21 +600,9 @@ async def run(
     *,
     interval: float = 0.2,
 ) -> None:
-    """Apply stored mails until ``stop`` is set: every ``interval`` seconds, or soon after
-    ``wake`` is set (the server sets it after storing a mail)."""
-    wake = wake or asyncio.Event()
-    while not stop.is_set():
-        wake.clear()  # before the round: a mail stored during it wakes the next one
-        try:
-            done = await asyncio.to_thread(process_pending, parts, BATCH)
-        except Exception:
-            log.exception("inbound round failed; retrying")
-            done = 0
-        if done >= BATCH:
-            continue  # a full batch: more are waiting
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-        await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-        if wake.is_set() and not stop.is_set():
-            await asyncio.sleep(min(GATHER, interval))
+    """Apply stored mails until ``stop`` is set, in a worker process (see
+    :mod:`postwarden.inbound.worker`): soon after ``wake`` is set (the server sets it after
+    storing a mail), and every ``interval`` seconds."""
+    from postwarden.inbound import worker  # it imports this module
+
+    await worker.supervise(parts, stop, wake or asyncio.Event(), interval)

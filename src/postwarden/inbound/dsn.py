@@ -20,7 +20,6 @@ from email.parser import BytesParser, Parser
 from email.policy import compat32
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
 
 from postwarden.classify import (
     Verdict,
@@ -53,23 +52,6 @@ class Recipient:
     remote_mta: str | None
     verdict: Verdict | None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Sent back from the parser process (``parsing``): positional arguments pickle and
-        # load several times faster than the state dataclasses keep for slots.
-        return (
-            Recipient,
-            (
-                self.address,
-                self.original,
-                self.kind,
-                self.status,
-                self.reply_code,
-                self.diagnostic,
-                self.remote_mta,
-                self.verdict,
-            ),
-        )
-
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -83,36 +65,6 @@ class Report:
     returned_headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     feedback_type: str | None = None
     subject: str = ""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # As for Recipient; the headers travel as a dict (a mappingproxy does not pickle).
-        return (
-            _report,
-            (
-                self.kind,
-                self.recipients,
-                self.envelope_to,
-                self.original_message_id,
-                dict(self.returned_headers),
-                self.feedback_type,
-                self.subject,
-            ),
-        )
-
-
-def _report(
-    kind: Kind,
-    recipients: tuple[Recipient, ...],
-    envelope_to: tuple[str, ...],
-    original_message_id: str | None,
-    returned_headers: dict[str, str],
-    feedback_type: str | None,
-    subject: str,
-) -> Report:
-    headers = MappingProxyType(returned_headers) if returned_headers else _EMPTY
-    return Report(
-        kind, recipients, envelope_to, original_message_id, headers, feedback_type, subject
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +146,9 @@ _PARSER = BytesParser(policy=compat32)
 _HEADER_PARSER = Parser(policy=compat32)
 _MAX_DEPTH = 12
 _MAX_BYTES = 65536
+READ_BYTES = 2 * _MAX_BYTES
+"""The most of a mail :func:`parse` can use (what it keeps after a long mbox ``From`` line):
+callers read no more, so a batch of mails of the maximum size costs no more memory."""
 _MAX_PARTS = 200  # MIME parts looked at in one mail
 _MAX_TEXT = 200_000  # characters of one text part kept for scanning
 _DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
