@@ -3,7 +3,7 @@
 The inbound server's process speaks SMTP and stores each mail as it comes; parsing, matching
 and recording them (:func:`postwarden.inbound.apply.process_pending`) is CPU work which, in
 the same process, competed with the SMTP sessions for one interpreter lock. In a worker
-process of its own it runs on the other core: on two cores the server took about a sixth more
+process of its own it runs on the other core: on two cores the server took about a tenth more
 mails per second. The two processes share only the database (on SQLite their writes queue on
 the file's write lock) and a socket: the server sends a byte whenever it stored a mail, and
 closes the socket to stop the worker.
