@@ -171,32 +171,11 @@ class Dialect:
         one multi-row INSERT per chunk instead of one statement per row. A statement's rows
         take increasing ids in the order they are inserted, so the returned ids, sorted, are
         the rows' (RETURNING itself promises no order)."""
-        if not rows:
-            return []
-        cols = ", ".join(columns)
-        ids: list[int] = []
-        if self.name != "postgresql":
-            one = f"({self.marks(len(columns))})"
-            for chunk in chunks(rows, max(1, CHUNK // len(columns))):
-                sql = (
-                    f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} "
-                    "RETURNING id"
-                )
-                params = tuple(value for row in chunk for value in row)
-                ids.extend(sorted(r[0] for r in conn.exec_driver_sql(sql, params)))
-            return ids
-        key = ("insert_returning_ids", table, tuple(columns))
-        sql = self._sql.get(key)
-        if sql is None:
-            from postwarden.store.tables import metadata
-
-            types = metadata.tables[table].c
-            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
-            sql = self._sql[key] = (
-                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) RETURNING id"
-            )
-        params = tuple(list(col) for col in zip(*rows, strict=True))
-        return sorted(r[0] for r in conn.exec_driver_sql(sql, params))
+        return [
+            i
+            for found in self._insert_returning(conn, table, columns, rows, "RETURNING id")
+            for i in sorted(r[0] for r in found)
+        ]
 
     def insert_ignore_returning(
         self,
@@ -208,24 +187,36 @@ class Dialect:
     ) -> set[tuple[Any, ...]]:
         """Insert rows (tuples in ``columns`` order), skipping those that would violate a
         unique constraint (``ON CONFLICT DO NOTHING``); return the ``returning`` columns of
-        the rows actually inserted. SQLite (>= 3.35): multi-row VALUES per chunk;
-        PostgreSQL: one INSERT ... SELECT FROM unnest(arrays)."""
+        the rows actually inserted."""
+        tail = f"ON CONFLICT DO NOTHING RETURNING {', '.join(returning)}"
+        return {
+            tuple(r)
+            for found in self._insert_returning(conn, table, columns, rows, tail)
+            for r in found
+        }
+
+    def _insert_returning(
+        self,
+        conn: Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+        tail: str,
+    ) -> Iterator[Sequence[Any]]:
+        """``INSERT ... <tail>`` for rows (tuples in ``columns`` order); each statement's
+        returned rows. SQLite (>= 3.35): multi-row VALUES per chunk; PostgreSQL: one
+        INSERT ... SELECT FROM unnest(arrays), its text kept so psycopg prepares it once."""
         if not rows:
-            return set()
+            return
         cols = ", ".join(columns)
-        back = ", ".join(returning)
-        added: set[tuple[Any, ...]] = set()
         if self.name != "postgresql":
             one = f"({self.marks(len(columns))})"
             for chunk in chunks(rows, max(1, CHUNK // len(columns))):
-                sql = (
-                    f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} "
-                    f"ON CONFLICT DO NOTHING RETURNING {back}"
-                )
+                sql = f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} {tail}"
                 params = tuple(value for row in chunk for value in row)
-                added.update(tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall())
-            return added
-        key = ("insert_ignore_returning", table, tuple(columns), tuple(returning))
+                yield conn.exec_driver_sql(sql, params).fetchall()
+            return
+        key = ("insert_returning", table, tuple(columns), tail)
         sql = self._sql.get(key)
         if sql is None:
             from postwarden.store.tables import metadata
@@ -233,12 +224,10 @@ class Dialect:
             types = metadata.tables[table].c
             arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
             sql = self._sql[key] = (
-                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) "
-                f"ON CONFLICT DO NOTHING RETURNING {back}"
+                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) {tail}"
             )
         params = tuple(list(col) for col in zip(*rows, strict=True))
-        added.update(tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall())
-        return added
+        yield conn.exec_driver_sql(sql, params).fetchall()
 
     def update_many(
         self,
