@@ -289,7 +289,9 @@ async def test_killed_worker_loses_nothing(
     assert done == total
     delivered = [rcpt for r in sim.received for rcpt in r.rcpt_tos]
     assert set(delivered) == {f"slow{i}@example.test" for i in range(total)}
-    assert len(delivered) - total <= batch, "duplicates are bounded by the batch in flight"
+    # Sent but not yet recorded when it died: at most the batch being recorded and the batch
+    # on the wire (the dispatcher's pipeline; a batch claimed ahead has not been sent).
+    assert len(delivered) - total <= 2 * batch, "duplicates are bounded by the batches in flight"
 
 
 async def test_claims_respect_schedule_and_leases(
