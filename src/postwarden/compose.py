@@ -107,9 +107,9 @@ def _text_body(content: Content) -> bytes | None:
     )
 
 
-def _body_bytes(content: Content) -> bytes:
-    fast = _text_body(content)
-    return fast if fast is not None else _body(content, ()).as_bytes(policy=_POLICY)
+def _body_bytes(content: Content, attachments: Sequence[Attachment] = ()) -> bytes:
+    fast = None if attachments else _text_body(content)
+    return fast if fast is not None else _body(content, attachments).as_bytes(policy=_POLICY)
 
 
 def _body(content: Content, attachments: Sequence[Attachment]) -> EmailMessage:
@@ -165,10 +165,7 @@ class Composer:
             if text is not None:  # tracking rewrites plain-text links where configured
                 variant = replace(variant, text=text)
             head = _content_headers(content)
-            if attachments:
-                body = _body(variant, attachments).as_bytes(policy=_POLICY)
-            else:
-                body = _body_bytes(variant)
+            body = _body_bytes(variant, attachments)
         else:
             head, body = self._common_parts(content_id, content)
         per_message = b"".join(

@@ -149,8 +149,30 @@ def _http_impl() -> str:
     return "httptools"
 
 
-def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
+def _dispatcher_wake(dispatcher: Dispatcher) -> Callable[[], None]:
+    """What the API calls after accepting a message: set the dispatcher's event, at once on its
+    loop, else through the loop (an asyncio.Event is not thread-safe)."""
+    loop = asyncio.get_running_loop()
+    event = dispatcher.wake
+
+    def wake() -> None:
+        if event.is_set():  # setting it again costs nothing
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
+
+    return wake
+
+
+def api_server(parts: Parts, wake: Callable[[], None], host: str, port: int) -> uvicorn.Server:
+    app = create_app(parts.settings, parts.engine, parts.secret, wake=wake)
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -159,32 +181,21 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         http=_http_impl(),
     )
-
-
-def api_server(parts: Parts, dispatcher: Dispatcher | None, host: str, port: int) -> uvicorn.Server:
-    wake: Callable[[], None] = lambda: None  # noqa: E731
-    if dispatcher is not None:
-        loop = asyncio.get_running_loop()
-        event = dispatcher.wake
-
-        def wake() -> None:
-            """Set the dispatcher's event: at once on the loop, else through the loop (an
-            asyncio.Event is not thread-safe). Setting it again while set costs nothing."""
-            if event.is_set():
-                return
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                event.set()
-            else:
-                loop.call_soon_threadsafe(event.set)
-
-    app = create_app(parts.settings, parts.engine, parts.secret, wake=wake)
-    server = uvicorn.Server(_uvicorn_config(app, host, port))
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     return server
+
+
+async def _serve_api(
+    server: uvicorn.Server, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+) -> None:
+    """Answer until ``stop`` is set, then let the requests under way finish."""
+
+    async def _stop_server() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    await _until(stop, server.serve(sockets=sockets), _stop_server())
 
 
 async def serve(
@@ -216,13 +227,7 @@ async def serve(
                             f"{dead[0].name} exited with code {dead[0].exitcode}; stopped"
                         )
             return
-        server = api_server(parts, dispatcher, host, port)
-
-        async def _stop_server() -> None:
-            await stop.wait()
-            server.should_exit = True
-
-        await _until(stop, server.serve(), _stop_server())
+        await _serve_api(api_server(parts, _dispatcher_wake(dispatcher), host, port), stop)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -294,15 +299,7 @@ def _api_process(settings: Settings, address: tuple[str, int], wake: socket.sock
     async def main() -> None:
         stop = asyncio.Event()
         _install_signals(stop)
-        app = create_app(parts.settings, parts.engine, parts.secret, wake=_wake)
-        server = uvicorn.Server(_uvicorn_config(app, "", 0))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-
-        async def _stop_server() -> None:
-            await stop.wait()
-            server.should_exit = True
-
-        await _until(stop, server.serve(sockets=[_listen(*address)]), _stop_server())
+        await _serve_api(api_server(parts, _wake, *address), stop, [_listen(*address)])
 
     run(main())
 

@@ -114,10 +114,10 @@ class MessagePage(BaseModel):
 async def send_message(
     body: schemas.MessageIn, account: AccountDep, request: Request
 ) -> schemas.Accepted:
-    return await accept_message(request.app.state, account, body)  # type: ignore[return-value]
+    return await _accept_message(request.app.state, account, body)  # type: ignore[return-value]
 
 
-async def accept_message(state: Any, account: Account, body: schemas.MessageIn) -> Response:
+async def _accept_message(state: Any, account: Account, body: schemas.MessageIn) -> Response:
     """Store one message through the app's group commit, wake the dispatcher, answer 202."""
     accepted = await _message_intake(state).submit((account, body))
     state.wake()
@@ -156,7 +156,7 @@ class MessageFastPath:
     authenticated in the last few seconds (:func:`accounts.cached`), a body that validates.
     Anything else goes on to the app with its body, so refusals, their wording and the API
     documentation stay FastAPI's. The same model validates the body and
-    :func:`accept_message` stores it, as the route does."""
+    :func:`_accept_message` stores it, as the route does."""
 
     def __init__(self, app: ASGIApp, state: Any, limit: int) -> None:
         self.app = app
@@ -198,7 +198,7 @@ class MessageFastPath:
                 pass  # FastAPI words the refusal
             else:
                 try:
-                    response = await accept_message(self.state, account, parsed)
+                    response = await _accept_message(self.state, account, parsed)
                 except errors.PostwardenError as exc:
                     response = error_response(exc)
                 return await response(scope, receive, send)

@@ -87,8 +87,9 @@ def create_app(
     app.include_router(api.router)
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
-    app.add_middleware(BodyLimit, limit=settings.max_message_bytes * 2)
-    app.add_middleware(api.MessageFastPath, state=app.state, limit=settings.max_message_bytes * 2)
+    body_limit = settings.max_message_bytes * 2  # base64 attachments and JSON around them
+    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(api.MessageFastPath, state=app.state, limit=body_limit)
     return app
 
 
