@@ -10,6 +10,7 @@ import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -136,6 +137,14 @@ class Composer:
 
     def __init__(self) -> None:
         self._common: dict[int, tuple[bytes, bytes]] = {}
+        self._date: tuple[datetime | None, bytes] = (None, b"")
+
+    def _date_header(self) -> bytes:
+        """The Date header, formatted once per second (it has no finer resolution)."""
+        now = clock.now().replace(microsecond=0)
+        if now != self._date[0]:
+            self._date = (now, _header_bytes("Date", format_datetime(now)))
+        return self._date[1]
 
     def _common_parts(self, content_id: int, content: Content) -> tuple[bytes, bytes]:
         cached = self._common.get(content_id)
@@ -171,7 +180,7 @@ class Composer:
         per_message = b"".join(
             [
                 _header_bytes("To", _mailbox("", to)),
-                _header_bytes("Date", format_datetime(clock.now())),
+                self._date_header(),
                 _header_bytes("Message-ID", f"<{token}@{message_id_domain}>"),
                 _header_bytes(TOKEN_HEADER, token),
                 *(_header_bytes(k, v) for k, v in extra_headers),

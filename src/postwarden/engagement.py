@@ -18,6 +18,7 @@ that was in that message can ever be a redirect target.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import OrderedDict
@@ -70,6 +71,7 @@ m = t.messages
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # a few categories, one token per message sent
 def category_tag(category: str) -> int:
     """The ``extra`` of an unsubscribe token: 32 bits of the category's digest, so a token
     minted for one category never unsubscribes a message of another."""

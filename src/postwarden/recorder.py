@@ -152,27 +152,33 @@ def record(
         refolded = _refold(conn, mid)
         states[mid] = State(refolded.status, refolded.flags | states[mid].flags)
 
-    now = clock.now()
-    updates: list[dict[str, Any]] = []
+    updated_at = when(clock.now())
+    updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    converters: dict[tuple[str, ...], list[Any]] = {}
     for mid, state in states.items():
-        more = (extra or {}).get(mid, {})
-        row = rows[mid]
-        if state == starts[mid] and not more and last_at[mid] == row.last_event_at:
+        more = extra.get(mid, _NO_EXTRA) if extra else _NO_EXTRA
+        if state == starts[mid] and not more and last_at[mid] == rows[mid].last_event_at:
             continue
+        keys = tuple(more)
+        convert = converters.get(keys)
+        if convert is None:
+            convert = converters[keys] = [sql.converter(t.messages.c[k].type) for k in keys]
         reason_fact = reasons.get(mid)
-        values: dict[str, Any] = {
-            "b_id": mid,
-            "status": state.status.value,
-            "flags": sorted(state.flags),
-            "updated_at": now,
-            "last_event_at": last_at[mid],
-            "reason": _reason_of(reason_fact),
-            "detail": reason_fact.detail if reason_fact else None,
-            "keep_reason": reason_fact is None,
-        }
-        values.update({"x_" + key: value for key, value in more.items()})
-        updates.append(values)
-    _write_updates(conn, updates)
+        updates[keys].append(
+            (
+                mid,
+                state.status.value,
+                as_json(sorted(state.flags)),
+                updated_at,
+                when(last_at[mid]),
+                reason_fact is None,
+                _reason_of(reason_fact),
+                reason_fact.detail if reason_fact else None,
+                *[f(v) for f, v in zip(convert, more.values(), strict=True)],
+            )
+        )
+    for keys, params in updates.items():  # one statement per set of extra columns
+        sql.update_messages(conn, keys, params)
     _leave_storage(
         conn,
         [mid for mid, s in states.items() if rows[mid].has_attachments and _has_left(s.status)],
@@ -210,6 +216,7 @@ class _Row(NamedTuple):
 
 
 _NO_FLAGS: frozenset[Flag] = frozenset()
+_NO_EXTRA: dict[str, Any] = {}
 
 
 def _load_rows(conn: Connection, sql: raw.Dialect, ids: list[int]) -> dict[int, _Row]:
@@ -262,36 +269,6 @@ def _reason_of(fact: Fact | None) -> str | None:
 
 def _has_left(value: Status) -> bool:
     return value not in (Status.PENDING, Status.SENDING, Status.DEFERRED)
-
-
-def _write_updates(conn: Connection, updates: list[dict[str, Any]]) -> None:
-    """One prepared statement per set of extra columns: executemany on SQLite, one
-    ``UPDATE ... FROM (VALUES ...)`` per chunk on PostgreSQL."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    for values in updates:
-        extra_keys = tuple(sorted(k[2:] for k in values if k.startswith("x_")))
-        groups[extra_keys].append(values)
-    sql = raw.dialect_of(conn) if updates else None
-    for extra_keys, batch in groups.items():
-        assert sql is not None
-        when = sql.when
-        as_json = sql.json
-        convert = [sql.converter(t.messages.c[key].type) for key in extra_keys]
-        params = [
-            (
-                v["b_id"],
-                v["status"],
-                as_json(v["flags"]),
-                when(v["updated_at"]),
-                when(v["last_event_at"]),
-                v["keep_reason"],
-                v["reason"],
-                v["detail"],
-                *(f(v["x_" + key]) for f, key in zip(convert, extra_keys, strict=True)),
-            )
-            for v in batch
-        ]
-        sql.update_messages(conn, extra_keys, params)
 
 
 def _leave_storage(conn: Connection, message_ids: list[int]) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import socket
+from functools import cached_property
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,6 @@ class Settings(BaseSettings):
     def dns_nameserver(self) -> tuple[str, int] | None:
         return parse_hostport(self.dns_server, 53) if self.dns_server else None
 
-    @property
+    @cached_property  # read for every message the dispatcher builds
     def transactional(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.transactional_categories.split(",") if c.strip())

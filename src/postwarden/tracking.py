@@ -19,7 +19,6 @@ click token. A typical token is 22-24 characters.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import html as _html
 import html.entities as _entities
@@ -86,7 +85,7 @@ def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int] | None:
 
 def _mac(secret: bytes, purpose: str, payload: bytes) -> bytes:
     msg = _DOMAIN + purpose.encode("ascii") + b"\x00" + payload
-    return hmac.new(secret, msg, hashlib.sha256).digest()[:_MAC_LEN]
+    return hmac.digest(secret, msg, "sha256")[:_MAC_LEN]
 
 
 def sign(secret: bytes, purpose: str, message_id: int, extra: int = 0) -> str:

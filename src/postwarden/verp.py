@@ -7,7 +7,6 @@ unforgeable, and short enough for any MTA's 64-character local part limit.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 
 PREFIX = "b+"
@@ -15,7 +14,7 @@ _MAC_BYTES = 8
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:
-    return hmac.new(secret, b"verp:" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return hmac.digest(secret, b"verp:" + payload, "sha256")[:_MAC_BYTES]
 
 
 def token(secret: bytes, message_id: int) -> str:

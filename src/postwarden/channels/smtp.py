@@ -42,7 +42,6 @@ import dns.resolver
 
 from postwarden.channels import base
 
-_PERIOD = re.compile(rb"(?m)^\.")
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 _LONE_CR = re.compile(rb"\r(?!\n)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -174,6 +173,24 @@ def _secs(value: float) -> str:
     return f"{value:g} s"
 
 
+def _data_section(data: bytes) -> bytes:
+    """A message as the DATA command sends it (RFC 5321 4.5.2): CRLF line ends, each line
+    that starts with a dot given a second one, then the line with the single dot."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        data = _LONE_LF.sub(b"\r\n", _LONE_CR.sub(b"\r\n", data))
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\n.", b"\n..") + b".\r\n"
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 def _first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
@@ -255,16 +272,26 @@ class _Replies(asyncio.Protocol):
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
 
-    async def read(self) -> tuple[int, str]:
-        """The next reply; raises ConnectionError when the connection is gone (the caller
-        applies the timeout)."""
+    async def read(self, timeout: float) -> tuple[int, str]:
+        """The next reply within ``timeout`` seconds; raises TimeoutError, or ConnectionError
+        when the connection is gone.
+
+        A reply already received is returned without arming a timer, and a wait arms one
+        plain timer handle rather than an ``asyncio.timeout`` scope: this runs for every
+        reply of every message sent."""
+        deadline = None
         while not self.replies:
             if self.lost is not None:
                 raise ConnectionResetError(str(self.lost))
-            self.waiter = self.loop.create_future()
+            loop = self.loop
+            if deadline is None:
+                deadline = loop.time() + timeout
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_at(deadline, _expire, waiter)
             try:
-                await self.waiter
+                await waiter
             finally:
+                timer.cancel()
                 self.waiter = None
         code, text = self.replies.popleft()
         if code < 0:
@@ -565,8 +592,7 @@ class _Session:
         pipe = self.pipe
         assert pipe is not None
         try:
-            async with asyncio.timeout(timeout):
-                code, text = await pipe.read()
+            code, text = await pipe.read(timeout)
         except TimeoutError:
             text = f"timed out after {_secs(timeout)} waiting for the reply to {what}"
             self.log(lines, f"error: {text}")
@@ -637,12 +663,7 @@ class _Session:
                     failure = _Failure(code, text, alive=code != 421)
                     break
             if failure is None:
-                data = out.data
-                if b"\r" in data.replace(b"\r\n", b"") or b"\n" in data.replace(b"\r\n", b""):
-                    data = _LONE_LF.sub(b"\r\n", _LONE_CR.sub(b"\r\n", data))
-                if not data.endswith(b"\r\n"):
-                    data += b"\r\n"
-                data = _PERIOD.sub(b"..", data) + b".\r\n"
+                data = _data_section(out.data)
                 self.log(lines, f"C: <message {len(out.data)} bytes>")
                 ahead = self._ahead(next_out) if next_out is not None else None
                 if ahead is not None:
