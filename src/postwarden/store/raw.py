@@ -254,18 +254,15 @@ class Dialect:
         rows: Sequence[tuple[Any, ...]],
     ) -> None:
         """Set ``columns`` of rows found by id; each row is (id, *values in ``columns``
-        order). An executemany of one prepared statement on SQLite, one UPDATE ... FROM
+        order). One UPDATE ... FROM (VALUES ...) per chunk on SQLite, one UPDATE ... FROM
         unnest(arrays) on PostgreSQL."""
         if not rows:
             return
+        if self.name != "postgresql":
+            self._sqlite_update(conn, table, [(c, i) for i, c in enumerate(columns, 2)], rows)
+            return
         key = ("update_many", table, tuple(columns))
         sql = self._sql.get(key)
-        if self.name != "postgresql":
-            if sql is None:
-                sets = ", ".join(f"{c} = ?{i}" for i, c in enumerate(columns, start=2))
-                sql = self._sql[key] = f"UPDATE {table} SET {sets} WHERE id = ?1"
-            conn.exec_driver_sql(sql, list(rows))
-            return
         if sql is None:
             from postwarden.store.tables import metadata
 
@@ -277,6 +274,30 @@ class Dialect:
                 f"AS v(id, {', '.join(columns)}) WHERE t.id = v.id"
             )
         conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+
+    def _sqlite_update(
+        self,
+        conn: Connection,
+        table: str,
+        sets: Sequence[tuple[str, int]],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """UPDATE ... FROM (VALUES ...) per chunk of rows, each row found by its first value
+        (its id); ``sets`` pairs each column with the 1-based position of its value. As an
+        executemany, with the count triggers on messages, each row cost twice as much."""
+        width = len(rows[0])
+        for chunk in chunks(rows, max(1, CHUNK // width)):
+            key = ("update", table, tuple(sets), len(chunk))
+            sql = self._sql.get(key)
+            if sql is None:
+                assignments = ", ".join(f"{c} = v.column{i}" for c, i in sets)
+                one = f"({self.marks(width)})"
+                sql = self._sql[key] = (
+                    f"UPDATE {table} SET {assignments} "
+                    f"FROM (VALUES {', '.join([one] * len(chunk))}) AS v "
+                    f"WHERE {table}.id = v.column1"
+                )
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
 
     def update_messages(
         self, conn: Connection, extra: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
@@ -292,23 +313,9 @@ class Dialect:
         from postwarden.store.tables import messages
 
         if self.name != "postgresql":
-            # One UPDATE ... FROM (VALUES ...) per chunk: as an executemany, with the count
-            # triggers on messages, each row cost twice as much (measured on 20,000).
-            width = 8 + len(extra)
-            for chunk in chunks(rows, max(1, CHUNK // width)):
-                key = ("update", extra, len(chunk))
-                sql = self._sql.get(key)
-                if sql is None:
-                    sets = "".join(f", {c} = v.column{9 + i}" for i, c in enumerate(extra))
-                    one = f"({self.marks(width)})"
-                    sql = self._sql[key] = (
-                        "UPDATE messages SET status = v.column2, flags = v.column3, "
-                        "updated_at = v.column4, last_event_at = v.column5, "
-                        f"reason = v.column7, detail = v.column8{sets} "
-                        f"FROM (VALUES {', '.join([one] * len(chunk))}) AS v "
-                        "WHERE messages.id = v.column1"
-                    )
-                conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+            sets = [("status", 2), ("flags", 3), ("updated_at", 4), ("last_event_at", 5)]
+            sets += [("reason", 7), ("detail", 8), *((c, 9 + i) for i, c in enumerate(extra))]
+            self._sqlite_update(conn, "messages", sets, rows)
             return
         names = ("id", "status", "flags", "updated_at", "last_event_at", "keep", "reason")
         names += ("detail", *extra)
