@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if "delivery" in only:
             from bench import delivery
 
-            limit, peer_queued = delivery.run(report, n, workdir, with_pg=not args.no_pg)
+            limit, peer_queued = delivery.run(
+                report, n, workdir, with_pg=not args.no_pg, rounds=1 if args.smoke else 2
+            )
         if "intake" in only:
             from bench import intake
 
