@@ -25,6 +25,7 @@ class RawServer:
         self.active = 0
         self.max_active = 0
         self.delivered: list[str] = []
+        self.data: list[bytes] = []  # each accepted message's DATA section as it came, stuffed
         self.server: asyncio.Server | None = None
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
@@ -90,8 +91,10 @@ class RawServer:
                 if rcpt.startswith("drop"):
                     await reader.readline()  # one line of the message, then hang up
                     return
-                while (await reader.readline()) != b".\r\n":
-                    pass
+                lines = []
+                while (data_line := await reader.readline()) != b".\r\n":
+                    lines.append(data_line)
+                self.data.append(b"".join(lines))
                 if self.data_delay:
                     await asyncio.sleep(self.data_delay)
                 self.delivered.append(rcpt)

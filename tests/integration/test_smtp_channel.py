@@ -418,6 +418,28 @@ async def test_outcomes_with_and_without_pipelining(pipelining: bool) -> None:
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+async def test_bodies_go_out_dot_stuffed_with_crlf_line_ends(pipelining: bool) -> None:
+    """RFC 5321 4.5.2: a line that starts with a dot gets a second one, so a line holding a
+    single dot never ends the message early; bare CR and LF become CRLF; the last line gets
+    its CRLF. The pipelined path writes the same bytes as aiosmtplib's."""
+    bodies = [
+        b"Subject: dots\r\n\r\n.starts with a dot\n..two dots\r\n.\rlone CR\r\nno end",
+        b".\r\nSubject: first line\r\n\r\nbody\r\n",
+    ]
+    async with RawServer(pipelining=pipelining) as raw:
+        r = await send(
+            config(raw.port),
+            "example.test",
+            [Outgoing(i, SENDER, f"r{i}@example.test", data) for i, data in enumerate(bodies)],
+        )
+    assert [x.outcome for x in r] == ["accepted", "accepted"]
+    assert raw.data == [
+        b"Subject: dots\r\n\r\n..starts with a dot\r\n...two dots\r\n..\r\nlone CR\r\nno end\r\n",
+        b"..\r\nSubject: first line\r\n\r\nbody\r\n",
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 async def test_drop_and_421_with_and_without_pipelining(pipelining: bool) -> None:
     async with RawServer(pipelining=pipelining) as raw:
         batch = [
