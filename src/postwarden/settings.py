@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import socket
-from functools import cached_property
+from functools import lru_cache
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     def dns_nameserver(self) -> tuple[str, int] | None:
         return parse_hostport(self.dns_server, 53) if self.dns_server else None
 
-    @cached_property  # read for every message the dispatcher builds
+    @property
     def transactional(self) -> frozenset[str]:
-        return frozenset(c.strip() for c in self.transactional_categories.split(",") if c.strip())
+        return _categories(self.transactional_categories)
+
+
+@lru_cache(maxsize=16)
+def _categories(text: str) -> frozenset[str]:
+    """Cached by the text, not on the settings object: read for every message the dispatcher
+    builds, and a copy of the settings with other categories must not see the old ones."""
+    return frozenset(c.strip() for c in text.split(",") if c.strip())
