@@ -153,16 +153,8 @@ class Dialect:
             return
         cols = ", ".join(columns)
         if self.name != "postgresql":
-            width = len(columns)
-            for chunk in chunks(rows, max(1, CHUNK // width)):
-                key = ("insert", table, tuple(columns), len(chunk))
-                sql = self._sql.get(key)
-                if sql is None:
-                    one = f"({self.marks(width)})"
-                    sql = self._sql[key] = (
-                        f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))}"
-                    )
-                conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+            for values, params in self._values_chunks(rows):
+                conn.exec_driver_sql(f"INSERT INTO {table} ({cols}) VALUES {values}", params)
             return
         # PostgreSQL: one statement with one array per column (unnest), so the SQL text is
         # short and psycopg prepares it once, whatever the number of rows; the arrays go in
@@ -227,10 +219,8 @@ class Dialect:
             return
         cols = ", ".join(columns)
         if self.name != "postgresql":
-            one = f"({self.marks(len(columns))})"
-            for chunk in chunks(rows, max(1, CHUNK // len(columns))):
-                sql = f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} {tail}"
-                params = tuple(value for row in chunk for value in row)
+            for values, params in self._values_chunks(rows):
+                sql = f"INSERT INTO {table} ({cols}) VALUES {values} {tail}"
                 yield conn.exec_driver_sql(sql, params).fetchall()
             return
         key = ("insert_returning", table, tuple(columns), tail)
@@ -285,19 +275,26 @@ class Dialect:
         """UPDATE ... FROM (VALUES ...) per chunk of rows, each row found by its first value
         (its id); ``sets`` pairs each column with the 1-based position of its value. As an
         executemany, with the count triggers on messages, each row cost twice as much."""
+        assignments = ", ".join(f"{c} = v.column{i}" for c, i in sets)
+        for values, params in self._values_chunks(rows):
+            conn.exec_driver_sql(
+                f"UPDATE {table} SET {assignments} FROM (VALUES {values}) AS v "
+                f"WHERE {table}.id = v.column1",
+                params,
+            )
+
+    def _values_chunks(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """SQLite's multi-row statements: for each chunk of rows (at most :data:`CHUNK`
+        values), its ``(?, ?), (?, ?)`` list and its values in one flat tuple."""
         width = len(rows[0])
         for chunk in chunks(rows, max(1, CHUNK // width)):
-            key = ("update", table, tuple(sets), len(chunk))
-            sql = self._sql.get(key)
-            if sql is None:
-                assignments = ", ".join(f"{c} = v.column{i}" for c, i in sets)
-                one = f"({self.marks(width)})"
-                sql = self._sql[key] = (
-                    f"UPDATE {table} SET {assignments} "
-                    f"FROM (VALUES {', '.join([one] * len(chunk))}) AS v "
-                    f"WHERE {table}.id = v.column1"
-                )
-            conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+            key = ("values", width, len(chunk))
+            values = self._sql.get(key)
+            if values is None:
+                values = self._sql[key] = ", ".join([f"({self.marks(width)})"] * len(chunk))
+            yield values, tuple(chain.from_iterable(chunk))
 
     def update_messages(
         self, conn: Connection, extra: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
