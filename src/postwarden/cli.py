@@ -364,7 +364,8 @@ def purge(
     batch_size: Annotated[int, typer.Option(min=1)] = 1000,
 ) -> None:
     """Delete old messages with their events, attempts, bodies and attachments, in bounded
-    batches (safe while the service runs); messages still queued are kept."""
+    batches (safe while the service runs); messages still queued are kept. Then fold the
+    undelivered counters."""
     from datetime import timedelta
 
     from postwarden import retention

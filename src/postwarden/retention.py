@@ -3,9 +3,9 @@
 ``postwarden purge --older-than DAYS`` removes messages created before the cut-off that have
 left the queue (not ``pending``, ``sending`` or ``deferred``), with their events, delivery
 attempts, stored bodies and attachments, then the broadcasts, contents and processed inbound
-mails nothing refers to any more. Each batch is its own short transaction, so the service keeps
-accepting and delivering while a purge runs (SQLite has one writer: short transactions keep its
-waits short; PostgreSQL locks only the rows of the batch).
+mails nothing refers to any more, and last folds the undelivered counters. Each batch is its own
+short transaction, so the service keeps accepting and delivering while a purge runs (SQLite has
+one writer: short transactions keep its waits short; PostgreSQL locks only the rows of the batch).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, exists, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, select, text, update
 
 from postwarden import clock
 from postwarden.store import tables as t
@@ -36,6 +36,7 @@ class Purged:
     broadcasts: int = 0
     contents: int = 0
     inbound_mails: int = 0
+    counter_rows: int = 0
 
     def summary(self) -> str:
         return ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in vars(self).items())
@@ -141,6 +142,49 @@ def purge(
         if pause:
             time.sleep(pause)
     _leftovers(engine, cutoff, batch_size, purged)
+    purged.counter_rows = compact_counts(engine)
     if progress is not None:
         progress(purged)
     return purged
+
+
+# PostgreSQL: every backend's rows move into one row per key with writer 0, which no trigger
+# writes (backend pids are never 0). SKIP LOCKED leaves the rows of a transaction in flight
+# for the next run: waiting for them could close a cycle with a writer that waits for a row
+# deleted here. Returns how many rows it moved.
+_FOLD_PG = """
+WITH moved AS (
+    DELETE FROM undelivered_counts u
+    USING (
+        SELECT account_id, day, status, writer FROM undelivered_counts
+        WHERE writer <> 0 FOR UPDATE SKIP LOCKED
+    ) s
+    WHERE u.account_id = s.account_id AND u.day = s.day AND u.status = s.status
+      AND u.writer = s.writer
+    RETURNING u.account_id, u.day, u.status, u.n
+), folded AS (
+    INSERT INTO undelivered_counts AS c (account_id, day, status, writer, n)
+    SELECT account_id, day, status, 0, sum(n) FROM moved GROUP BY account_id, day, status
+    ON CONFLICT (account_id, day, status, writer) DO UPDATE SET n = c.n + excluded.n
+)
+SELECT count(*) FROM moved
+"""
+
+
+def compact_counts(engine: Engine) -> int:
+    """Fold ``undelivered_counts`` into one row per (account, day, status) and delete the rows
+    that count nothing; returns how many rows went. On PostgreSQL the triggers give each
+    backend rows of its own, so rows pile up with every connection the service ever opened;
+    on both databases purged days leave rows of zero. No sum changes."""
+    c = t.undelivered_counts
+    folded = select(func.count()).select_from(c).where(c.c.writer == 0)
+    removed = 0
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # One compaction at a time (two would update the same writer-0 rows), so the
+            # writer-0 rows it adds are what their count grows by.
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('undelivered_counts'))"))
+            before = conn.scalar(folded) or 0
+            removed = (conn.scalar(text(_FOLD_PG)) or 0) - ((conn.scalar(folded) or 0) - before)
+        removed += conn.execute(delete(c).where(c.c.writer == 0, c.c.n == 0)).rowcount
+    return removed

@@ -317,6 +317,79 @@ def test_the_undelivered_count_follows_every_change(
     assert _check(engine, [account.id, other.id], today) == [12, 6]
 
 
+def _count_rows(engine: Engine) -> list[tuple[date, str, int, int]]:
+    c = t.undelivered_counts.c
+    with engine.connect() as conn:
+        return [
+            (d if isinstance(d, date) else date.fromisoformat(d), s, w, n)
+            for d, s, w, n in conn.execute(select(c.day, c.status, c.writer, c.n))
+        ]
+
+
+def test_compaction_folds_the_counts_into_one_row_per_day_and_status(
+    engine: Engine, account_key: tuple[accounts.Account, str]
+) -> None:
+    """Each PostgreSQL backend counts in rows of its own and deleted messages leave rows of
+    zero; compaction (the end of every purge) folds them into one row per (account, day,
+    status) and drops the zeros, without changing a count."""
+    account = account_key[0]
+    old = NOON - timedelta(days=40)
+    for _ in range(3):  # three connections: on PostgreSQL, three writers
+        with engine.begin() as conn:
+            _insert(conn, account.id, [("bounced", NOON), ("dropped", NOON), ("failed", old)])
+        engine.dispose()
+    with engine.begin() as conn:
+        conn.execute(delete(m).where(m.c.status == "failed"))
+    rows = _count_rows(engine)
+    if engine.dialect.name == "postgresql":
+        assert len({w for _d, _s, w, _n in rows}) == 4  # three inserting, one deleting
+        assert len(rows) == 10
+    else:
+        assert len(rows) == 3  # SQLite has one writer; the old day's row now counts 0
+
+    assert retention.compact_counts(engine) == len(rows) - 2
+    assert sorted(_count_rows(engine)) == [(DAY, "bounced", 0, 3), (DAY, "dropped", 0, 3)]
+    assert _check(engine, [account.id], DAY) == [6]
+    assert retention.compact_counts(engine) == 0
+
+
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_compaction_never_waits_for_a_writer_in_flight(
+    engine: Engine, account_key: tuple[accounts.Account, str]
+) -> None:
+    """A transaction that holds its counter rows is skipped, not waited for (waiting could
+    deadlock with it); its rows are folded by the next compaction once it has committed."""
+    account = account_key[0]
+    writer = engine.connect()  # checked out first: the insert below is another backend's
+    try:
+        _insert(writer, account.id, [("bounced", NOON)])
+        writer.commit()
+        with engine.begin() as conn:
+            _insert(conn, account.id, [("bounced", NOON)])
+        _insert(writer, account.id, [("bounced", NOON)])  # uncommitted: its row is locked
+        done: list[int | BaseException] = []
+
+        def compact() -> None:
+            try:
+                done.append(retention.compact_counts(engine))
+            except BaseException as exc:
+                done.append(exc)
+
+        thread = threading.Thread(target=compact)
+        thread.start()
+        thread.join(10)
+        assert done == [0]  # the committed row moved to writer 0: nothing fewer
+        assert sorted(r for r in _count_rows(engine) if r[2] == 0) == [(DAY, "bounced", 0, 1)]
+        writer.commit()
+    finally:
+        writer.close()
+    assert _check(engine, [account.id], DAY) == [3]
+    assert retention.compact_counts(engine) == 1
+    assert _count_rows(engine) == [(DAY, "bounced", 0, 3)]
+
+
 def test_other_filters_count_the_messages(
     engine: Engine, account_key: tuple[accounts.Account, str]
 ) -> None:
