@@ -12,12 +12,13 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, Table, create_engine, event, literal_column, pool
 from sqlalchemy.dialects import postgresql, sqlite
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -219,6 +220,8 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, An
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config  # here: Alembic is a fifth of a worker's start-up
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -227,4 +230,6 @@ def alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema up to date (``alembic upgrade head``)."""
+    from alembic import command
+
     command.upgrade(alembic_config(engine), "head")
