@@ -103,6 +103,34 @@ def test_hard_bounce_with_returned_message() -> None:
     assert report.subject == "Undelivered Mail Returned to Sender"
 
 
+def test_boundaries_are_matched_without_compiling_a_regex_per_mail(monkeypatch) -> None:
+    """Every mail has boundaries of its own: the parser must not compile a regex for each
+    (on Python < 3.13 the standard library did; dsn backports its fix). Boundaries with regex
+    metacharacters still match exactly, and a line that only starts like one is body text."""
+    import re
+
+    original = _original("tok-7")
+    original.add_alternative("<p>Hello</p>", subtype="html")  # a multipart inside
+    original.set_boundary("alt.(1)+[x]?")
+    raw = _dsn(
+        [_failed("kijitora@example.jp", "5.2.2", "552 5.2.2 Mailbox full")],
+        human=HUMAN + "--=_Q.*+?x is a line that only starts like the boundary\n",
+        original=original,
+    ).replace(b"BOUNDARY-1", b"=_Q.*+?")
+    compiled: list[str] = []
+    real_compile = re.compile
+    monkeypatch.setattr(re, "compile", lambda p, f=0: compiled.append(p) or real_compile(p, f))
+    report = parse(raw)
+    assert compiled == []
+    (r,) = report.recipients
+    assert (r.address, r.status, r.verdict and r.verdict.reason) == (
+        "kijitora@example.jp",
+        "5.2.2",
+        "mailboxfull",
+    )
+    assert report.returned_headers["x-postwarden-id"] == "tok-7"
+
+
 def test_text_rfc822_headers_are_read() -> None:
     raw = _dsn(
         [_failed("a@example.jp", "5.2.2", "552 5.2.2 Mailbox full")],
