@@ -14,6 +14,8 @@ from pathlib import Path
 
 from bench import common
 
+# Each mail has a boundary of its own, as real bounces do: one shared boundary would let the
+# parser reuse what it derived from it for the previous mail.
 DSN = """\
 From: MAILER-DAEMON@{domain}
 To: {rcpt}
@@ -21,14 +23,14 @@ Subject: Undelivered Mail Returned to Sender
 Date: Sun, 22 Nov 2026 10:00:00 +0000
 Message-ID: <dsn{i}@{domain}>
 MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
+Content-Type: multipart/report; report-type=delivery-status; boundary="=_{i}.dsn"
 
---BOUNDARY
+--=_{i}.dsn
 Content-Type: text/plain
 
 I'm sorry to have to inform you that your message could not be delivered.
 
---BOUNDARY
+--=_{i}.dsn
 Content-Type: message/delivery-status
 
 Reporting-MTA: dns; mx.{domain}
@@ -38,13 +40,13 @@ Action: failed
 Status: 5.1.1
 Diagnostic-Code: smtp; 550 5.1.1 <{to}>: Recipient address rejected: User unknown
 
---BOUNDARY
+--=_{i}.dsn
 Content-Type: text/rfc822-headers
 
 To: {to}
 Subject: Your weekly report
 
---BOUNDARY--
+--=_{i}.dsn--
 """
 
 CLIENT = """\
