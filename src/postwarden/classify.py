@@ -423,7 +423,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         [
             r"mailbox (?:is )?full|full mailbox|mailbox (?:size )?limit exceeded",
             r"mail ?(?:box|folder|drop) (?:is |has )?(?:full|over ?quota|exceeded)",
-            r"over ?quota|overquota|quota (?:is )?(?:exceeded|full|violation)",
+            r"over ?quota|overquota|quota ?(?:is )?(?:exceeded|full|violation)",  # QuotaExceeded
             r"exceed(?:s|ed)? (?:the |their |his |her |its "
             r"|your )?(?:storage|disk|mailbox)? ?quota",
             r"email quota exceeded|mailbox quota|maildir quota|disk quota|quota for",
@@ -708,7 +708,7 @@ _TEXT_RULES: list[tuple[str, list[str]]] = [
         "speeding",
         [
             r"rate limited|please try again slower|sent to too many recipients",
-            r"sending (?:too fast|at a rate)|receiving mail at a rate",
+            r"sending (?:too fast|at a rate)|receiving mail (?:at a rate|too quickly)",
             r"too many (?:messages|emails|mails) (?:from|in|per)",
         ],
     ),

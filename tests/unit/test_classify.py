@@ -80,9 +80,23 @@ CASES = [
         None,
         "mailboxfull",
     ),
+    (  # Exchange's store names the exception, no space in it, with a generic 5.2.0
+        "554 5.2.0 STOREDRV.Deliver.Exception:QuotaExceededException."
+        "MapiExceptionShutoffQuotaExceeded; Failed to process message",
+        None,
+        None,
+        "mailboxfull",
+    ),
     ("550 5.2.1 The email account that you tried to reach is disabled", None, None, "suspend"),
     ("554 5.3.4 Message too big for system", None, None, "mesgtoobig"),
     ("552 5.2.3 Message length exceeds administrative limit", None, None, "exceedlimit"),
+    (  # Gmail, per recipient: "please resend later" is not a block of the sender
+        "450-4.2.1 The user you are trying to contact is receiving mail too quickly. Please "
+        "resend your message at a later time.",
+        None,
+        None,
+        "speeding",
+    ),
     # --- spam / blocked -------------------------------------------------------------------
     (
         "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
