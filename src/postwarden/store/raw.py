@@ -36,6 +36,11 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _by_column(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """Rows turned into one list per column: the arrays behind PostgreSQL's ``unnest``."""
+    return tuple(list(col) for col in zip(*rows, strict=True))
+
+
 _encode = json.JSONEncoder().encode  # json.dumps with its defaults, minus the call's checks
 
 
@@ -162,12 +167,10 @@ class Dialect:
         key = ("insert", table, tuple(columns))
         sql = self._sql.get(key)
         if sql is None:
-            from postwarden.store.tables import metadata
-
-            types = metadata.tables[table].c
-            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
-            sql = self._sql[key] = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays})"
-        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+            sql = self._sql[key] = (
+                f"INSERT INTO {table} ({cols}) SELECT * FROM {self._unnest(table, columns)}"
+            )
+        conn.exec_driver_sql(sql, _by_column(rows))
 
     def insert_returning_ids(
         self,
@@ -226,15 +229,10 @@ class Dialect:
         key = ("insert_returning", table, tuple(columns), tail)
         sql = self._sql.get(key)
         if sql is None:
-            from postwarden.store.tables import metadata
-
-            types = metadata.tables[table].c
-            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in columns)
             sql = self._sql[key] = (
-                f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) {tail}"
+                f"INSERT INTO {table} ({cols}) SELECT * FROM {self._unnest(table, columns)} {tail}"
             )
-        params = tuple(list(col) for col in zip(*rows, strict=True))
-        yield conn.exec_driver_sql(sql, params).fetchall()
+        yield conn.exec_driver_sql(sql, _by_column(rows)).fetchall()
 
     def update_many(
         self,
@@ -254,16 +252,12 @@ class Dialect:
         key = ("update_many", table, tuple(columns))
         sql = self._sql.get(key)
         if sql is None:
-            from postwarden.store.tables import metadata
-
-            types = metadata.tables[table].c
-            arrays = ", ".join(f"%b::{self.cast(types[c].type)}[]" for c in ("id", *columns))
             sets = ", ".join(f"{c} = v.{c}" for c in columns)
             sql = self._sql[key] = (
-                f"UPDATE {table} AS t SET {sets} FROM unnest({arrays}) "
+                f"UPDATE {table} AS t SET {sets} FROM {self._unnest(table, ('id', *columns))} "
                 f"AS v(id, {', '.join(columns)}) WHERE t.id = v.id"
             )
-        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+        conn.exec_driver_sql(sql, _by_column(rows))
 
     def _sqlite_update(
         self,
@@ -282,6 +276,14 @@ class Dialect:
                 f"WHERE {table}.id = v.column1",
                 params,
             )
+
+    def _unnest(self, table: str, columns: Sequence[str]) -> str:
+        """PostgreSQL's ``unnest(%b::type[], ...)``: one binary array parameter per column,
+        typed after the table's column (see :func:`_by_column` for the parameters)."""
+        from postwarden.store.tables import metadata
+
+        types = metadata.tables[table].c
+        return f"unnest({', '.join(f'%b::{self.cast(types[c].type)}[]' for c in columns)})"
 
     def _values_chunks(
         self, rows: Sequence[tuple[Any, ...]]
@@ -329,7 +331,7 @@ class Dialect:
                 f"reason = v.reason, detail = v.detail{sets} "
                 f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE m.id = v.id"
             )
-        conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
+        conn.exec_driver_sql(sql, _by_column(rows))
 
 
 @cache
