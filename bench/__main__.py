@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             intake.single(report, seconds, workdir, peer_queued)
         if "inbound" in only:
             try:
-                import postwarden.inbound.server  # noqa: F401
+                import postwarden.inbound.mail.server  # noqa: F401
             except ImportError:
-                report.note("inbound figure skipped: postwarden.inbound.server does not exist")
+                report.note("inbound figure skipped: postwarden.inbound.mail.server does not exist")
             else:
                 from bench import inbound
 

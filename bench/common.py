@@ -298,10 +298,10 @@ def pg_available() -> str | None:
 
 def prepare(database_url: str) -> tuple[Any, Any, str]:
     """Migrate a fresh database and create the bench account; returns (engine, account, key)."""
-    from postwarden import accounts, store
+    from postwarden.store import accounts, db
 
-    engine = store.connect(database_url)
-    store.migrate(engine)
+    engine = db.connect(database_url)
+    db.migrate(engine)
     with engine.begin() as conn:
         account, key = accounts.create(conn, "bench", "bounces.bench.test")
     return engine, account, key
@@ -314,7 +314,7 @@ def seed_pending(engine: Any, account: Any, n: int, *, due: bool = False) -> int
     so the clock starts when the dispatcher can see them."""
     from sqlalchemy import update
 
-    from postwarden import intake, schemas
+    from postwarden.intake import accept, schemas
     from postwarden.store import tables as t
 
     body = schemas.BroadcastIn.model_validate(
@@ -327,7 +327,7 @@ def seed_pending(engine: Any, account: Any, n: int, *, due: bool = False) -> int
         }
     )
     with engine.begin() as conn:
-        accepted = intake.submit_broadcast(conn, account, body, intake.Limits(10**8, 10**7))
+        accepted = accept.submit_broadcast(conn, account, body, accept.Limits(10**8, 10**7))
         if not due:
             conn.execute(
                 update(t.messages)
@@ -341,7 +341,7 @@ def release(engine: Any) -> float:
     """Make every pending message due now; returns the monotonic time it happened."""
     from sqlalchemy import update
 
-    from postwarden import clock
+    from postwarden.domain import clock
     from postwarden.store import tables as t
 
     with engine.begin() as conn:

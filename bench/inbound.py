@@ -1,7 +1,7 @@
 """Figure 5: inbound bounce mails per second, received over SMTP by ``postwarden inbound``,
 stored, parsed, classified and applied (each a hard bounce for a message that was delivered),
 sent by a client process over four reused connections; and the parser alone (one core,
-``postwarden.inbound.scoring.measure_rate`` as used by bench/parser.py). The reference is
+``postwarden.testing.scoring.measure_rate`` as used by bench/parser.py). The reference is
 smtp-source into smtp-sink on the same machine (the limit for mails over SMTP)."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ sys.exit(f"load generator: {failed[0]}" if failed else 0)
 def run(report: common.Report, n: int, workdir: Path, limit: float | None) -> None:
     from sqlalchemy import func, select, update
 
-    from postwarden import verp
+    from postwarden.domain import verp
     from postwarden.store import tables as t
 
     with common.sqlite_db(workdir, "inbound") as url:
@@ -179,7 +179,7 @@ def run(report: common.Report, n: int, workdir: Path, limit: float | None) -> No
     )
     try:
         from bench.parser import DEFAULT_CORPUS
-        from postwarden.inbound.scoring import measure_rate
+        from postwarden.testing.scoring import measure_rate
     except ImportError as exc:
         report.note(f"parser figure skipped: {exc}")
         return

@@ -57,7 +57,7 @@ def _recipients(n: int) -> tuple[list[dict[str, str]], list[str]]:
 def _suppress(engine: object, account: object, addresses: list[str]) -> None:
     from sqlalchemy import insert
 
-    from postwarden import clock
+    from postwarden.domain import clock
     from postwarden.store import tables as t
 
     rows = [

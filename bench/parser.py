@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from postwarden.inbound.scoring import measure_rate, score_corpus
+from postwarden.testing.scoring import measure_rate, score_corpus
 
 MISLABELLED_NOTE = (
     "  (not-bounce: 2/3 expected. rb-issue-368-bug.eml is labelled not-a-bounce by Sisimai,\n"

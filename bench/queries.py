@@ -42,11 +42,11 @@ def run(
 ) -> None:
     """The SQLite figure on ``n`` messages; with ``pg_messages``, the PostgreSQL one too."""
     from bench import ui_queries
-    from postwarden import store
+    from postwarden.store import db
 
     with common.sqlite_db(workdir, "queries") as url:
-        engine = store.connect(url)
-        store.migrate(engine)
+        engine = db.connect(url)
+        db.migrate(engine)
         t0 = time.perf_counter()
         ui_queries.seed(engine, n, random.Random(42))
         seeded = time.perf_counter() - t0
@@ -69,7 +69,7 @@ def cases(conn: Any, account_id: int) -> list[tuple[str, Callable[[], object]]]:
     """The timed reads: name and a call, on the seeded data of ``account_id``."""
     from sqlalchemy import func, select
 
-    from postwarden import queries
+    from postwarden.store import queries
     from postwarden.store import tables as t
 
     m = t.messages
@@ -108,7 +108,7 @@ def cases(conn: Any, account_id: int) -> list[tuple[str, Callable[[], object]]]:
 
 def _figures(report: common.Report, engine: Any, label: str, runs: int) -> None:
     from bench import ui_queries
-    from postwarden import accounts
+    from postwarden.store import accounts
 
     worst = 0.0
     with engine.connect() as conn:
@@ -137,7 +137,7 @@ def pg_bench_db(report: common.Report, messages: int, *, reseed: bool = False) -
     """An engine on the kept bench database holding ``messages`` seeded messages."""
     from sqlalchemy import create_engine, text
 
-    from postwarden import store
+    from postwarden.store import db
 
     admin = create_engine(common.PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     url = common.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{PG_DATABASE}"
@@ -147,7 +147,7 @@ def pg_bench_db(report: common.Report, messages: int, *, reseed: bool = False) -
         )
         seeded = None
         if exists and not reseed:
-            probe = store.connect(url)
+            probe = db.connect(url)
             try:
                 with probe.connect() as c:
                     has_instance = c.scalar(text("SELECT to_regclass('instance') IS NOT NULL"))
@@ -159,8 +159,8 @@ def pg_bench_db(report: common.Report, messages: int, *, reseed: bool = False) -
                 probe.dispose()
         if seeded == str(messages):
             report.note(f"PostgreSQL: reusing {PG_DATABASE} ({messages:,} messages)")
-            engine = store.connect(url)
-            store.migrate(engine)
+            engine = db.connect(url)
+            db.migrate(engine)
             _sync_indexes(report, engine)
             _sync_counts(report, engine)
             return engine
@@ -168,8 +168,8 @@ def pg_bench_db(report: common.Report, messages: int, *, reseed: bool = False) -
             conn.execute(text(f'DROP DATABASE "{PG_DATABASE}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{PG_DATABASE}"'))
     admin.dispose()
-    engine = store.connect(url)
-    store.migrate(engine)
+    engine = db.connect(url)
+    db.migrate(engine)
     began = time.perf_counter()
     seed_pg(engine, messages, report)
     report.note(
@@ -219,7 +219,7 @@ def _sync_counts(report: common.Report, engine: Any) -> None:
     from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
-    from postwarden import store
+    from postwarden.store import db
     from postwarden.store import tables as t
 
     with engine.begin() as conn:
@@ -227,7 +227,7 @@ def _sync_counts(report: common.Report, engine: Any) -> None:
             return
         report.note("PostgreSQL: adding undelivered_counts and its triggers")
         t.undelivered_counts.create(conn)
-        migration = ScriptDirectory.from_config(store.alembic_config(engine)).get_revision("head")
+        migration = ScriptDirectory.from_config(db.alembic_config(engine)).get_revision("head")
         with Operations.context(MigrationContext.configure(conn)):
             migration.module.create_undelivered_triggers()
         _fill_counts(conn)
@@ -238,7 +238,7 @@ def _fill_counts(conn: Any) -> None:
     triggers off)."""
     from sqlalchemy import text
 
-    from postwarden import queries
+    from postwarden.store import queries
 
     conn.execute(
         text(
@@ -295,7 +295,7 @@ def seed_pg(engine: Any, count: int, report: common.Report | None = None) -> Non
     from sqlalchemy import text
 
     from bench import ui_queries
-    from postwarden import accounts, users
+    from postwarden.store import accounts, users
     from postwarden.store import tables as t
 
     def step(what: str, sql: str, **params: Any) -> None:

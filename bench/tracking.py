@@ -29,7 +29,7 @@ def _seed(url: str, n: int) -> tuple[list[int], float]:
     """``n`` delivered messages of one HTML broadcast; returns their ids and seconds taken."""
     from sqlalchemy import select, update
 
-    from postwarden import intake, schemas
+    from postwarden.intake import accept, schemas
     from postwarden.store import tables as t
 
     engine, account, _ = common.prepare(url)
@@ -43,9 +43,9 @@ def _seed(url: str, n: int) -> tuple[list[int], float]:
             "recipients": [{"email": f"r{i}@{common.SINK_DOMAIN}"} for i in range(n)],
         }
     )
-    limits = intake.Limits(10_000_000, max(n, 1))
+    limits = accept.Limits(10_000_000, max(n, 1))
     with engine.begin() as conn:
-        bid = intake.submit_broadcast(conn, account, body, limits).id
+        bid = accept.submit_broadcast(conn, account, body, limits).id
         conn.execute(
             update(t.messages)
             .where(t.messages.c.broadcast_id == bid)
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sqlalchemy import func, select
 
-    from postwarden import store, tracking
+    from postwarden.domain import tracking
+    from postwarden.store import db
     from postwarden.store import tables as t
 
     report = common.Report()
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             finally:
                 common.stop(proc)
-            engine = store.connect(url)
+            engine = db.connect(url)
             with engine.connect() as conn:
                 opens = conn.scalar(
                     select(func.count()).select_from(t.events).where(t.events.c.kind == "opened")

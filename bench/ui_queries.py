@@ -24,8 +24,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from postwarden import accounts, queries, store, users
 from postwarden.settings import Settings
+from postwarden.store import accounts, db, queries, users
 from postwarden.store import tables as t
 from postwarden.web.app import create_app
 
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(f"{args.db}{suffix}").unlink(missing_ok=True)
     fresh = not args.db.exists()
     settings = Settings(database_url=f"sqlite:///{args.db}", secret_key="bench")
-    engine = store.connect(settings.database_url)
-    store.migrate(engine)
+    engine = db.connect(settings.database_url)
+    db.migrate(engine)
     if fresh:
         began = time.perf_counter()
         seed(engine, args.messages, random.Random(42))

@@ -20,8 +20,8 @@ for _name in [n for n in os.environ if n.startswith("POSTWARDEN_")]:
     if _name != "POSTWARDEN_TEST_PG_URL":
         del os.environ[_name]
 
-from postwarden import accounts, store  # noqa: E402
 from postwarden.settings import Settings  # noqa: E402
+from postwarden.store import accounts, db  # noqa: E402
 
 PG_URL = os.environ.get(
     "POSTWARDEN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -45,8 +45,8 @@ def _pg_available() -> str | None:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tpl") / "template.db"
-    engine = store.connect(f"sqlite:///{path}")
-    store.migrate(engine)
+    engine = db.connect(f"sqlite:///{path}")
+    db.migrate(engine)
     engine.dispose()
     return path
 
@@ -64,8 +64,8 @@ def pg_template() -> Iterator[str]:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    engine = store.connect(url)
-    store.migrate(engine)
+    engine = db.connect(url)
+    db.migrate(engine)
     engine.dispose()
     yield name
     with admin.connect() as conn:
@@ -117,7 +117,7 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    engine = store.connect(settings.database_url)
+    engine = db.connect(settings.database_url)
     yield engine
     engine.dispose()
 

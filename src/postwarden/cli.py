@@ -13,18 +13,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection
 
-from postwarden import (
-    accounts,
-    addresses,
-    errors,
-    intake,
-    queries,
-    schemas,
-    service,
-    suppression,
-)
-from postwarden.inbound import dsn
+from postwarden import errors, service
+from postwarden.domain import addresses
+from postwarden.inbound.mail import dsn
+from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
+from postwarden.store import accounts, queries, suppression
 
 app = typer.Typer(
     help="Postwarden: send notifications and see what became of each one.",
@@ -170,11 +164,11 @@ def send(
             }
         )
         with parts.engine.begin() as conn:
-            accepted = intake.submit_message(
+            accepted = accept.submit_message(
                 conn,
                 _account(conn, account),
                 body,
-                intake.Limits.from_settings(parts.settings),
+                accept.Limits.from_settings(parts.settings),
             )
     except (errors.PostwardenError, ValueError) as exc:
         raise _fail(getattr(exc, "message", str(exc))) from exc
@@ -277,7 +271,7 @@ def user_create(
     ],
 ) -> None:
     """Create an admin user who signs in to the web UI and sees only this account."""
-    from postwarden import users
+    from postwarden.store import users
 
     parts = _parts()
     try:
@@ -368,7 +362,7 @@ def purge(
     undelivered counters."""
     from datetime import timedelta
 
-    from postwarden import retention
+    from postwarden.store import retention
 
     parts = _parts()
     purged = retention.purge(parts.engine, timedelta(days=older_than), batch_size=batch_size)

@@ -18,10 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from postwarden import accounts, service, suppression
+from postwarden import service
 from postwarden.settings import Settings
-from postwarden.simulator import Simulator, free_port
+from postwarden.store import accounts, suppression
 from postwarden.store import tables as t
+from postwarden.testing.simulator import Simulator, free_port
 
 FIRST = [
     "ann",

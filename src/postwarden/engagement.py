@@ -1,7 +1,7 @@
 """Engagement tracking, the I/O side: instrument messages at send time, record opens, clicks
 and unsubscribes when the tracking routes are hit.
 
-The pure part (tokens, HTML rewriting, human-or-machine rules) is ``postwarden.tracking``.
+The pure part (tokens, HTML rewriting, human-or-machine rules) is ``postwarden.domain.tracking``.
 
 Sending: ``prepare`` gives, for one message being built, its instrumented HTML (and plain
 text where ``track_text_links`` is on) and the RFC 8058 headers. A content is instrumented
@@ -29,9 +29,11 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from postwarden import clock, compose, recorder, suppression, tracking
+from postwarden.domain import clock, tracking
+from postwarden.domain.status import Kind
+from postwarden.outbound.channels.email import compose
 from postwarden.settings import Settings
-from postwarden.status import Kind
+from postwarden.store import recorder, suppression
 from postwarden.store import tables as t
 
 __all__ = [

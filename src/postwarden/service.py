@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import uvicorn
 from sqlalchemy import Engine
 
-from postwarden import accounts, store
-from postwarden.channels.smtp import SMTPChannel, SMTPConfig
-from postwarden.dispatcher import Dispatcher
-from postwarden.inbound import apply as inbound_apply
-from postwarden.inbound.server import InboundServer
+from postwarden.inbound.mail import apply as inbound_apply
+from postwarden.inbound.mail.server import InboundServer
+from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
+from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.settings import Settings
+from postwarden.store import accounts, db
 from postwarden.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ class Parts:
 
 def open_parts(settings: Settings, *, migrate: bool = True) -> Parts:
     """Connect, bring the schema up to date, and find the signing secret."""
-    engine = store.connect(settings.database_url)
+    engine = db.connect(settings.database_url)
     if migrate:
-        store.migrate(engine)
+        db.migrate(engine)
     if settings.secret_key is not None:
         secret = settings.secret_key.get_secret_value().encode()
     else:

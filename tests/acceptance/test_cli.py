@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from postwarden import accounts, store
-from postwarden.simulator import build_dsn
+from postwarden.store import accounts, db
+from postwarden.testing.simulator import build_dsn
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def test_account_send_log_show_and_suppressions(tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("pw_") and " " not in key, "the key is alone on the last line"
-    engine = store.connect(f"sqlite:///{tmp_path / 'cli.db'}")
+    engine = db.connect(f"sqlite:///{tmp_path / 'cli.db'}")
     with engine.connect() as conn:
         assert accounts.authenticate(conn, key) is not None
     engine.dispose()

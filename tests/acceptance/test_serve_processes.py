@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from postwarden import accounts, store
+from postwarden.store import accounts, db
 
 
 def _free_port() -> int:
@@ -60,8 +60,8 @@ def test_api_processes_share_the_port_and_wake_the_dispatcher(
 ) -> None:
     recorder, sink_port = sink
     url = f"sqlite:///{tmp_path / 'serve.db'}"
-    engine = store.connect(url)
-    store.migrate(engine)
+    engine = db.connect(url)
+    db.migrate(engine)
     with engine.begin() as conn:
         _, key = accounts.create(conn, "acme", "bounces.acme.test")
     engine.dispose()

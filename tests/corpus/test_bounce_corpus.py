@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from postwarden.inbound.dsn import Kind
-from postwarden.inbound.scoring import load_corpus, parse_file, score_corpus
+from postwarden.inbound.mail.dsn import Kind
+from postwarden.testing.scoring import load_corpus, parse_file, score_corpus
 
 pytestmark = pytest.mark.corpus
 

@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from postwarden import accounts, recorder, status, suppression
+from postwarden.domain import status
 from postwarden.settings import Settings
+from postwarden.store import accounts, recorder, suppression
 from postwarden.store import tables as t
 from postwarden.web.app import create_app
 

@@ -15,13 +15,16 @@ import pytest
 from servers import RawServer
 from sqlalchemy import Engine, func, select, update
 
-from postwarden import accounts, clock, intake, queries, queue, schemas, service
-from postwarden.dispatcher import Dispatcher
+from postwarden import service
+from postwarden.domain import clock
+from postwarden.intake import accept, schemas
+from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.settings import Settings
-from postwarden.simulator import Simulator
+from postwarden.store import accounts, queries, queue
 from postwarden.store import tables as t
+from postwarden.testing.simulator import Simulator
 
-LIMITS = intake.Limits(10_000_000, 200_000)
+LIMITS = accept.Limits(10_000_000, 200_000)
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def submit(engine: Engine, account: accounts.Account, to: str, **more: Any) -> i
         | more
     )
     with engine.begin() as conn:
-        return intake.submit_message(conn, account, body, LIMITS).id
+        return accept.submit_message(conn, account, body, LIMITS).id
 
 
 def detail(engine: Engine, account: accounts.Account, message_id: int) -> dict[str, Any]:
@@ -240,7 +243,7 @@ async def test_killed_worker_loses_nothing(
         }
     )
     with engine.begin() as conn:
-        intake.submit_broadcast(conn, account, body, LIMITS)
+        accept.submit_broadcast(conn, account, body, LIMITS)
     env = os.environ | {
         "POSTWARDEN_DATABASE_URL": settings.database_url,
         "POSTWARDEN_SECRET_KEY": "k",

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from postwarden import accounts
 from postwarden.settings import Settings
+from postwarden.store import accounts
 from postwarden.store import tables as t
 from postwarden.web import api
 from postwarden.web.app import create_app

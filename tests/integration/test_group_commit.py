@@ -7,11 +7,13 @@ import asyncio
 
 from sqlalchemy import Engine, func, select
 
-from postwarden import accounts, errors, intake, schemas, suppression
-from postwarden.groupcommit import GroupCommit
+from postwarden import errors
+from postwarden.intake import accept, schemas
+from postwarden.store import accounts, suppression
 from postwarden.store import tables as t
+from postwarden.web.groupcommit import GroupCommit
 
-LIMITS = intake.Limits(max_message_bytes=10_000, max_broadcast_recipients=100)
+LIMITS = accept.Limits(max_message_bytes=10_000, max_broadcast_recipients=100)
 
 
 def message(**fields: object) -> schemas.MessageIn:
@@ -41,7 +43,7 @@ def test_a_mixed_batch_gets_one_outcome_each(
         (account, message(to="eve@example.test", category="billing")),
     ]
     with engine.begin() as conn:
-        outcomes = intake.submit_many(conn, items, LIMITS)
+        outcomes = accept.submit_many(conn, items, LIMITS)
 
     assert isinstance(outcomes[1], errors.InvalidInput)
     assert "not a valid email address" in outcomes[1].message
@@ -103,7 +105,7 @@ async def test_concurrent_submissions_each_get_their_own_result(
     ) -> list[schemas.Accepted | Exception]:
         batches.append(len(items))
         with engine.begin() as conn:
-            return list(intake.submit_many(conn, items, LIMITS))
+            return list(accept.submit_many(conn, items, LIMITS))
 
     writer: GroupCommit[tuple[accounts.Account, schemas.MessageIn], schemas.Accepted] = GroupCommit(
         write

@@ -17,20 +17,22 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, update
 
-from postwarden import accounts, clock, intake, recorder, schemas, suppression, verp
-from postwarden.channels.smtp import SMTPChannel, SMTPConfig
-from postwarden.dispatcher import Dispatcher
-from postwarden.inbound import apply, dsn, worker
-from postwarden.inbound.server import InboundServer
+from postwarden.domain import clock, verp
+from postwarden.domain.status import Kind
+from postwarden.inbound.mail import apply, dsn, worker
+from postwarden.inbound.mail.server import InboundServer
+from postwarden.intake import accept, schemas
+from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
+from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.service import Parts, running_inbound
 from postwarden.settings import Settings
-from postwarden.simulator import Simulator, build_dsn
-from postwarden.status import Kind
+from postwarden.store import accounts, recorder, suppression
 from postwarden.store import tables as t
+from postwarden.testing.simulator import Simulator, build_dsn
 
 BOUNCE_DOMAIN = "bounces.acme.test"
 POLICY = suppression.Policy()
-LIMITS = intake.Limits(10_000_000, 200_000)
+LIMITS = accept.Limits(10_000_000, 200_000)
 
 
 # region helpers
@@ -62,7 +64,7 @@ def submit(engine: Engine, account: accounts.Account, to: str) -> schemas.Accept
         {"from": "shop@acme.test", "to": to, "subject": "Your order", "text": "hello"}
     )
     with engine.begin() as conn:
-        return intake.submit_message(conn, account, body, LIMITS)
+        return accept.submit_message(conn, account, body, LIMITS)
 
 
 def make_message(engine: Engine, account: accounts.Account, to: str, reached: Kind) -> int:

@@ -13,16 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
-from postwarden import accounts, errors, intake, queries, recorder, retention, schemas, suppression
+from postwarden import errors
+from postwarden.domain.status import Kind
+from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
-from postwarden.status import Kind
+from postwarden.store import accounts, queries, recorder, retention, suppression
 from postwarden.store import tables as t
 from postwarden.web.app import create_app
 
 m = t.messages
 DAY = date(2026, 3, 10)
 NOON = datetime(2026, 3, 10, 12, tzinfo=UTC)
-LIMITS = intake.Limits(10_000_000, 1000)
+LIMITS = accept.Limits(10_000_000, 1000)
 
 
 def _content(conn: Connection, account_id: int) -> int:
@@ -137,7 +139,7 @@ def test_the_api_and_the_ui_page_through_a_date_range(
     account_key: tuple[accounts.Account, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from postwarden import users
+    from postwarden.store import users
     from postwarden.web import ui
 
     account, key = account_key
@@ -300,12 +302,12 @@ def test_the_undelivered_count_follows_every_change(
         # a resend, delivered: its original leaves the report; a second delivered resend of
         # the same original takes nothing more off
         original = by["bounced", NOON]
-        first = intake.resend(conn, account, original, "fixed@example.test").id
-        second = intake.resend(conn, account, original, "fixed2@example.test").id
+        first = accept.resend(conn, account, original, "fixed@example.test").id
+        second = accept.resend(conn, account, original, "fixed2@example.test").id
         for resend in (first, second):
             recorder.record(conn, [recorder.Fact(resend, Kind.DELIVERED, "smtp")], policy=policy)
         # a resend that bounced leaves its original on the report (and counts itself)
-        third = intake.resend(conn, account, by["failed", NOON], "also@example.test").id
+        third = accept.resend(conn, account, by["failed", NOON], "also@example.test").id
         conn.execute(update(m).where(m.c.id == third).values(created_at=NOON))
         recorder.record(conn, [recorder.Fact(third, Kind.BOUNCED, "smtp")], policy=policy)
     assert _check(engine, [account.id, other.id], today) == [13, 6]
@@ -475,7 +477,7 @@ def test_submitted_undelivered_messages_are_counted(
         body = schemas.MessageIn.model_validate(
             {"from": "app@acme.test", "to": "x@blocked.test", "subject": "Hi", "text": "hello"}
         )
-        intake.submit_message(conn, account, body, LIMITS)
+        accept.submit_message(conn, account, body, LIMITS)
     today = datetime.now(UTC).date()
     with engine.connect() as conn:
         f = queries.LogFilter(since=queries.report_window(today, today)[0])

@@ -7,10 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from postwarden import accounts, clock, intake, retention, schemas, suppression
+from postwarden.domain import clock
+from postwarden.intake import accept, schemas
+from postwarden.store import accounts, retention, suppression
 from postwarden.store import tables as t
 
-LIMITS = intake.Limits(10_000_000, 200_000)
+LIMITS = accept.Limits(10_000_000, 200_000)
 
 
 def _submit(engine: Engine, account: accounts.Account, to: str) -> int:
@@ -18,7 +20,7 @@ def _submit(engine: Engine, account: accounts.Account, to: str) -> int:
         {"from": "shop@acme.test", "to": to, "subject": "Order", "text": "Thanks!"}
     )
     with engine.begin() as conn:
-        return intake.submit_message(conn, account, body, LIMITS).id
+        return accept.submit_message(conn, account, body, LIMITS).id
 
 
 def _count(engine: Engine, table: object, *where: object) -> int:

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from postwarden.status import Kind, Status
+from postwarden.domain.status import Kind, Status
 from postwarden.store import tables
 
 

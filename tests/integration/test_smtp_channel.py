@@ -18,9 +18,9 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from servers import RawServer
 
-from postwarden.channels.base import AttemptResult, Outgoing
-from postwarden.channels.smtp import SMTPChannel, SMTPConfig
-from postwarden.simulator import Simulator, build_dsn, free_port
+from postwarden.outbound.channels.base import AttemptResult, Outgoing
+from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
+from postwarden.testing.simulator import Simulator, build_dsn, free_port
 
 SENDER = "b+Xy12ab@bounce.example.com"
 BODY_MARKER = "the-secret-body-line"

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from postwarden import accounts, clock, intake, queue, recorder, schemas, store, suppression
-from postwarden.status import Kind
+from postwarden.domain import clock
+from postwarden.domain.status import Kind
+from postwarden.intake import accept, schemas
+from postwarden.store import accounts, db, queue, recorder, suppression
 from postwarden.store import tables as t
 
-LIMITS = intake.Limits(10_000_000, 200_000)
+LIMITS = accept.Limits(10_000_000, 200_000)
 THREADS = 6
 PER_THREAD = 40
 
@@ -23,7 +25,7 @@ PER_THREAD = 40
 def sqlite_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     from conftest import make_database
 
-    engine = store.connect(make_database("sqlite", request, tmp_path))
+    engine = db.connect(make_database("sqlite", request, tmp_path))
     request.addfinalizer(engine.dispose)
     return engine
 
@@ -60,7 +62,7 @@ def test_concurrent_read_then_write_transactions(sqlite_engine: Engine) -> None:
                 )
                 # intake reads (idempotency key, suppressions) and then writes
                 with engine.begin() as conn:
-                    intake.submit_message(conn, account, body, LIMITS)
+                    accept.submit_message(conn, account, body, LIMITS)
                 # the API's pattern: connect(), work, commit
                 with engine.connect() as conn:
                     conn.scalar(select(func.count()).select_from(t.messages))
@@ -131,7 +133,7 @@ def test_transactions_begin_immediate_and_reads_can_stay_deferred(sqlite_engine:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         assert conn.connection.dbapi_connection.pw_held is not None  # type: ignore[union-attr]
-    with store.reader(engine).connect() as conn:
+    with db.reader(engine).connect() as conn:
         conn.execute(text("SELECT 1"))
         assert conn.connection.dbapi_connection.pw_held is None  # type: ignore[union-attr]
         # while a reader is open, a writer still gets in

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, select
 
-from postwarden import accounts, intake, recorder, schemas, suppression
-from postwarden.status import Kind
+from postwarden.domain.status import Kind
+from postwarden.intake import accept, schemas
+from postwarden.store import accounts, recorder, suppression
 from postwarden.store import tables as t
 
 POLICY = suppression.Policy(soft_bounce_limit=3, soft_bounce_days=30)
@@ -16,7 +17,7 @@ def send(engine: Engine, account: accounts.Account, to: str, category: str = "")
         {"from": "app@acme.test", "to": to, "subject": "s", "text": "t", "category": category}
     )
     with engine.begin() as conn:
-        return intake.submit_message(conn, account, body, intake.Limits(10**7, 10**5)).id
+        return accept.submit_message(conn, account, body, accept.Limits(10**7, 10**5)).id
 
 
 def bounce(engine: Engine, message_id: int, reason: str, hard: bool) -> None:
@@ -121,7 +122,7 @@ def test_unsubscribe_from_uncategorised_mail_spares_transactional(
     message_id = send(engine, account, "reader@example.test")
     with engine.begin() as conn:
         recorder.record(conn, [recorder.Fact(message_id, Kind.UNSUBSCRIBED, "test")], policy=POLICY)
-    limits = intake.Limits(10**7, 10**5, frozenset({"security"}))
+    limits = accept.Limits(10**7, 10**5, frozenset({"security"}))
     with engine.begin() as conn:
         for category, expected in (("security", "pending"), ("news", "dropped")):
             body = schemas.MessageIn.model_validate(
@@ -133,7 +134,7 @@ def test_unsubscribe_from_uncategorised_mail_spares_transactional(
                     "category": category,
                 }
             )
-            assert intake.submit_message(conn, account, body, limits).status == expected
+            assert accept.submit_message(conn, account, body, limits).status == expected
 
 
 def test_adding_twice_is_one_entry_and_one_audit_row(

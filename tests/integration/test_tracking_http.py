@@ -17,14 +17,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 
-from postwarden import accounts, clock, engagement, intake, queries, schemas, service, tracking
-from postwarden.dispatcher import Dispatcher
+from postwarden import engagement, service
+from postwarden.domain import clock, tracking
+from postwarden.intake import accept, schemas
+from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.settings import Settings
-from postwarden.simulator import Simulator
+from postwarden.store import accounts, queries
 from postwarden.store import tables as t
+from postwarden.testing.simulator import Simulator
 from postwarden.web.app import create_app
 
-LIMITS = intake.Limits(10_000_000, 200_000)
+LIMITS = accept.Limits(10_000_000, 200_000)
 SECRET = b"tracking-test-secret"
 BASE = "http://track.postwarden.test"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -69,7 +72,7 @@ def submit(engine: Engine, account: accounts.Account, to: str, **more: Any) -> i
         {"from": "Shop <shop@acme.test>", "to": to, "subject": "Your order", "html": HTML} | more
     )
     with engine.begin() as conn:
-        return intake.submit_message(conn, account, body, LIMITS).id
+        return accept.submit_message(conn, account, body, LIMITS).id
 
 
 def broadcast(
@@ -86,7 +89,7 @@ def broadcast(
         | more
     )
     with engine.begin() as conn:
-        return intake.submit_broadcast(conn, account, body, LIMITS).id
+        return accept.submit_broadcast(conn, account, body, LIMITS).id
 
 
 async def deliver(tsettings: Settings, engine: Engine) -> None:
@@ -506,7 +509,7 @@ async def test_reports_count_human_and_machine_apart(
 def test_skeleton_matches_instrumenting_each_message() -> None:
     content_html = HTML + '<p><a href="https://shop.example/a">again</a></p>'
     settings = Settings(tracking_base_url=BASE)
-    from postwarden.compose import Content
+    from postwarden.outbound.channels.email.compose import Content
 
     content = Content("shop@acme.test", "", "s", TEXT, content_html)
     for message_id in (1, 77, 2**40):

@@ -21,26 +21,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, update
 
-from postwarden import (
-    accounts,
-    clock,
-    intake,
-    recorder,
-    schemas,
-    service,
-    suppression,
-    users,
-)
+from postwarden import service
+from postwarden.domain import clock
+from postwarden.domain.status import Kind
+from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
-from postwarden.simulator import Simulator, build_dsn, free_port
-from postwarden.status import Kind
+from postwarden.store import accounts, recorder, suppression, users
 from postwarden.store import tables as t
+from postwarden.testing.simulator import Simulator, build_dsn, free_port
 from postwarden.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
-LIMITS = intake.Limits(10_000_000, 10_000)
+LIMITS = accept.Limits(10_000_000, 10_000)
 
 
 def _browser_problem() -> str | None:
@@ -71,10 +65,10 @@ def db_url() -> str:  # the browser tests run on SQLite only
 
 
 async def _deliver(settings: Settings, parts: service.Parts, account: accounts.Account) -> None:
-    from postwarden.dispatcher import Dispatcher
+    from postwarden.outbound.dispatcher import Dispatcher
 
     with parts.engine.begin() as conn:
-        intake.submit_message(
+        accept.submit_message(
             conn,
             account,
             schemas.MessageIn.model_validate(
@@ -95,7 +89,7 @@ async def _deliver(settings: Settings, parts: service.Parts, account: accounts.A
             {"email": "customer1@example.test"},
             {"email": "nobody@nullmx.test"},
         ]
-        intake.submit_broadcast(
+        accept.submit_broadcast(
             conn,
             account,
             schemas.BroadcastIn.model_validate(
@@ -184,7 +178,7 @@ def _after_delivery(engine: Engine, account: accounts.Account) -> dict[str, int]
                 .where(t.messages.c.id == rows[f"customer{i}@example.test"])
                 .values(created_at=when)
             )
-        pending = intake.submit_message(
+        pending = accept.submit_message(
             conn,
             account,
             schemas.MessageIn.model_validate(
@@ -267,7 +261,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     ids = _after_delivery(parts.engine, account)
     with parts.engine.begin() as conn:
         other, _ = accounts.create(conn, "globex", "bounces.globex.test")
-        other_id = intake.submit_message(
+        other_id = accept.submit_message(
             conn,
             other,
             schemas.MessageIn.model_validate(

@@ -10,13 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from postwarden import accounts, intake, recorder, schemas, suppression, users
+from postwarden.domain.status import Kind
+from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
-from postwarden.status import Kind
+from postwarden.store import accounts, recorder, suppression, users
 from postwarden.web.app import create_app
 
 PASSWORD = "correct horse battery"
-LIMITS = intake.Limits(10_000_000, 1000)
+LIMITS = accept.Limits(10_000_000, 1000)
 
 
 def _client(settings: Settings, engine: Engine) -> TestClient:
@@ -44,7 +45,7 @@ def _send(conn: object, account: accounts.Account, to: str, subject: str = "Hi")
     body = schemas.MessageIn.model_validate(
         {"from": "App <app@acme.test>", "to": to, "subject": subject, "text": "hello"}
     )
-    return intake.submit_message(conn, account, body, LIMITS).id  # type: ignore[arg-type]
+    return accept.submit_message(conn, account, body, LIMITS).id  # type: ignore[arg-type]
 
 
 def _bounce(conn: object, message_id: int) -> None:
@@ -168,7 +169,7 @@ def test_another_accounts_message_and_broadcast_are_not_found(
     with engine.begin() as conn:
         other, _ = accounts.create(conn, "globex", "bounces.globex.test")
         theirs = _send(conn, other, "secret@globex.test", subject="Their secret")
-        broadcast = intake.submit_broadcast(
+        broadcast = accept.submit_broadcast(
             conn,
             other,
             schemas.BroadcastIn.model_validate(

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from postwarden.classify import REASONS, Verdict, classify, describe, retry_after, smtp_command
+from postwarden.domain.classify import (
+    REASONS,
+    Verdict,
+    classify,
+    describe,
+    retry_after,
+    smtp_command,
+)
 
 # (server words, status, reply code, expected reason). Status/reply None: read from the text.
 CASES = [

@@ -9,7 +9,7 @@ from email import policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postwarden import compose
+from postwarden.outbound.channels.email import compose
 
 _BOUNDARY = re.compile(rb"={15}\d{19}==")
 

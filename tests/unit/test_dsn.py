@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from postwarden.inbound.dsn import Kind, Report, parse, parse_bounce_lines, split_mbox
+from postwarden.inbound.mail.dsn import Kind, Report, parse, parse_bounce_lines, split_mbox
 
 HUMAN = "This is the mail system at host mx.example.org.\n\nYour message could not be delivered.\n"
 

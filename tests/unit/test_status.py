@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postwarden import errors, status
-from postwarden.status import FINAL, TARGET, TRANSITIONS, Flag, Kind, State, Status
+from postwarden import errors
+from postwarden.domain import status
+from postwarden.domain.status import FINAL, TARGET, TRANSITIONS, Flag, Kind, State, Status
 
 RECIPIENT_SIDE = [Status.SENT, Status.DELIVERED, Status.OPENED, Status.CLICKED]
 LOOP = {Status.PENDING, Status.SENDING, Status.DEFERRED}

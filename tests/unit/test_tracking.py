@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postwarden.tracking import (
+from postwarden.domain.tracking import (
     RULES,
     Classification,
     Rewritten,

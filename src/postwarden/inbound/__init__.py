@@ -1,3 +1,2 @@
-"""Inbound mail: bounces, delay and success notices, complaints and auto-replies."""
-
-from __future__ import annotations
+"""Inbound: what the recipient's side tells us (bounce mails, complaints, tracking hits) is
+matched to its message and recorded."""

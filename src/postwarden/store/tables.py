@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-from postwarden.status import UNDELIVERED, Kind, Status
+from postwarden.domain.status import UNDELIVERED, Kind, Status
 
 metadata = MetaData(
     naming_convention={

@@ -15,22 +15,14 @@ from sqlalchemy import Connection, insert, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from postwarden import (
-    accounts,
-    addresses,
-    clock,
-    errors,
-    intake,
-    queries,
-    recorder,
-    schemas,
-    store,
-    suppression,
-)
-from postwarden.accounts import Account
-from postwarden.groupcommit import GroupCommit
+from postwarden import errors
+from postwarden.domain import addresses, clock
+from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
+from postwarden.store import accounts, db, queries, recorder, suppression
 from postwarden.store import tables as t
+from postwarden.store.accounts import Account
+from postwarden.web.groupcommit import GroupCommit
 
 router = APIRouter(prefix="/v1")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -57,12 +49,12 @@ def _conn(request: Request) -> Iterator[Connection]:
 
 def _read_conn(request: Request) -> Iterator[Connection]:
     """A connection for requests that only read (no write lock on SQLite)."""
-    with store.reader(request.app.state.engine).connect() as conn:
+    with db.reader(request.app.state.engine).connect() as conn:
         yield conn
 
 
 def _authenticate(request: Request, key: str) -> Account | None:
-    with store.reader(request.app.state.engine).connect() as conn:
+    with db.reader(request.app.state.engine).connect() as conn:
         return accounts.authenticate_cached(conn, key)
 
 
@@ -92,8 +84,8 @@ ReadConnDep = Annotated[Connection, Depends(_read_conn)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _limits(settings: Settings) -> intake.Limits:
-    return intake.Limits.from_settings(settings)
+def _limits(settings: Settings) -> accept.Limits:
+    return accept.Limits.from_settings(settings)
 
 
 def _policy(settings: Settings) -> suppression.Policy:
@@ -133,7 +125,7 @@ MessageIntake = GroupCommit[tuple[Account, schemas.MessageIn], schemas.Accepted]
 
 def _message_intake(state: Any) -> MessageIntake:
     """The app's group commit for single messages: under load, the requests that arrive while
-    one transaction is being written are stored together by the next (``intake.submit_many``)."""
+    one transaction is being written are stored together by the next (``accept.submit_many``)."""
     writer: MessageIntake | None = getattr(state, "message_intake", None)
     if writer is None:
         engine, limits = state.engine, _limits(state.settings)
@@ -142,7 +134,7 @@ def _message_intake(state: Any) -> MessageIntake:
             items: list[tuple[Account, schemas.MessageIn]],
         ) -> list[schemas.Accepted | Exception]:
             with engine.begin() as conn:
-                return list(intake.submit_many(conn, items, limits))
+                return list(accept.submit_many(conn, items, limits))
 
         writer = state.message_intake = GroupCommit(write)
     return writer
@@ -293,7 +285,7 @@ def resend_message(
     request: Request,
     body: schemas.ResendIn | None = None,
 ) -> schemas.Accepted:
-    accepted = intake.resend(conn, account, message_id, body.to if body else None)
+    accepted = accept.resend(conn, account, message_id, body.to if body else None)
     suppression.audit(
         conn, account.id, "api", "message.resend", str(message_id), new_id=accepted.id
     )
@@ -315,7 +307,7 @@ def send_broadcast(
     settings: SettingsDep,
     request: Request,
 ) -> schemas.BroadcastAccepted:
-    accepted = intake.submit_broadcast(conn, account, body, _limits(settings))
+    accepted = accept.submit_broadcast(conn, account, body, _limits(settings))
     conn.commit()
     request.app.state.wake()
     return accepted

@@ -29,11 +29,13 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, update
 from starlette.concurrency import run_in_threadpool
 
-from postwarden import accounts, clock, engagement, queries, suppression, tracking
-from postwarden.groupcommit import GroupCommit
+from postwarden import engagement
+from postwarden.domain import clock, tracking
 from postwarden.settings import Settings
+from postwarden.store import accounts, queries, suppression
 from postwarden.store import tables as t
 from postwarden.web.api import AccountDep, ConnDep, ReadConnDep
+from postwarden.web.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,11 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
 
-from postwarden import (
-    accounts,
-    addresses,
-    errors,
-    intake,
-    queries,
-    recorder,
-    store,
-    suppression,
-    users,
-)
-from postwarden.status import UNDELIVERED, Status
+from postwarden import errors
+from postwarden.domain import addresses
+from postwarden.domain.status import UNDELIVERED, Status
+from postwarden.intake import accept
+from postwarden.store import accounts, db, queries, recorder, suppression, users
 from postwarden.web import api
 
 HERE = Path(__file__).parent
@@ -131,7 +124,7 @@ def _user(request: Request) -> users.User:
     user_id = request.session.get("uid")
     user = None
     if isinstance(user_id, int):
-        with store.reader(request.app.state.engine).connect() as conn:
+        with db.reader(request.app.state.engine).connect() as conn:
             user = users.by_id(conn, user_id)
     if user is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -391,7 +384,7 @@ def mail_log_csv(request: Request, user: UserDep) -> Response:
         writer.writerow(_CSV_FIELDS)
         cursor, sent = None, 0
         # a reader: a long download must not hold SQLite's write lock
-        with store.reader(engine).connect() as conn:
+        with db.reader(engine).connect() as conn:
             while sent < CSV_MAX_ROWS:
                 page = queries.mail_log(conn, user.account_id, f, cursor=cursor, limit=1000)
                 for item in page.items:
@@ -468,7 +461,7 @@ def resend(
     back = _local(str(form.get("back") or ""), f"/messages/{message_id}")
     try:
         account = accounts.by_id(conn, user.account_id)
-        accepted = intake.resend(conn, account, message_id, to)
+        accepted = accept.resend(conn, account, message_id, to)
         suppression.audit(
             conn,
             user.account_id,

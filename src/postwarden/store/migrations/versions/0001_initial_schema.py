@@ -16,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 UNDELIVERED = "status IN ('blocked', 'bounced', 'dropped', 'failed', 'no_channel')"
-"""postwarden.status.UNDELIVERED (the triggers below keep ``undelivered_counts`` for them)."""
+"""postwarden.domain.status.UNDELIVERED (the triggers below keep ``undelivered_counts`` for them)."""
 
 
 def upgrade() -> None:

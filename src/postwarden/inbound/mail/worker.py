@@ -1,14 +1,14 @@
 """Applying stored mails in a process of its own.
 
 The inbound server's process speaks SMTP and stores each mail as it comes; parsing, matching
-and recording them (:func:`postwarden.inbound.apply.process_pending`) is CPU work which, in
+and recording them (:func:`postwarden.inbound.mail.apply.process_pending`) is CPU work which, in
 the same process, competed with the SMTP sessions for one interpreter lock. In a worker
 process of its own it runs on the other core: on two cores the server took about a tenth more
 mails per second. The two processes share only the database (on SQLite their writes queue on
 the file's write lock) and a socket: the server sends a byte whenever it stored a mail, and
 closes the socket to stop the worker.
 
-The worker is started as ``python -m postwarden.inbound.worker``, not by multiprocessing's
+The worker is started as ``python -m postwarden.inbound.mail.worker``, not by multiprocessing's
 spawn, which re-runs the parent's main script in the child: for ``postwarden inbound`` that
 imports the whole CLI and web app, about a second of CPU as the first bounces arrive.
 """
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from postwarden import store
-from postwarden.inbound import apply
+from postwarden.inbound.mail import apply
 from postwarden.settings import Settings
+from postwarden.store import db
 
 __all__ = ["Worker", "supervise"]
 
@@ -160,7 +160,7 @@ def _serve(fd: int) -> None:
             format="%(asctime)s %(levelname)s %(name)s (inbound worker): %(message)s"
         )
         logging.getLogger("postwarden").setLevel(level)
-        parts = _Parts(settings, store.connect(url), secret)
+        parts = _Parts(settings, db.connect(url), secret)
         gc.freeze()  # what start-up made lives as long as the process (see InboundServer)
         while True:
             try:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, or_, select, update
 
-from postwarden.status import TRANSITIONS, Status
+from postwarden.domain.status import TRANSITIONS, Status
 from postwarden.store import tables as t
 
 CLAIMABLE = tuple(s.value for s in Status if Status.SENDING in TRANSITIONS[s])

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postwarden.inbound.dsn import Kind, Recipient, Report, parse, split_mbox
+from postwarden.inbound.mail.dsn import Kind, Recipient, Report, parse, split_mbox
 
 __all__ = ["CorpusScore", "load_corpus", "measure_rate", "parse_file", "score_corpus"]
 

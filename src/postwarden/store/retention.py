@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, delete, exists, func, select, text, update
 
-from postwarden import clock
+from postwarden.domain import clock
 from postwarden.store import tables as t
 
 ACTIVE = ("pending", "sending", "deferred")

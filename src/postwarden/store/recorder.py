@@ -15,9 +15,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, select, update
 
-from postwarden import clock, errors, status, suppression
-from postwarden.status import Flag, Kind, State, Status
-from postwarden.store import raw
+from postwarden import errors
+from postwarden.domain import clock, status
+from postwarden.domain.status import Flag, Kind, State, Status
+from postwarden.store import batch, suppression
 from postwarden.store import tables as t
 
 
@@ -81,10 +82,10 @@ def record(
     lease and schedule). Events are idempotent through their dedupe keys.
 
     The hot statements (the rows' read, the events' insert, the messages' update) are plain
-    SQL prepared once per dialect (:mod:`postwarden.store.raw`): this runs for every message
+    SQL prepared once per dialect (:mod:`postwarden.store.batch`): this runs for every message
     the dispatcher sends, and SQLAlchemy's statement building and per-row bind processing
     were half of its cost."""
-    sql = raw.dialect_of(conn)
+    sql = batch.dialect_of(conn)
     ids = sorted({fact.message_id for fact in facts})
     rows = _load_rows(conn, sql, ids)
     missing = set(ids) - rows.keys()
@@ -219,13 +220,13 @@ _NO_FLAGS: frozenset[Flag] = frozenset()
 _NO_EXTRA: dict[str, Any] = {}
 
 
-def _load_rows(conn: Connection, sql: raw.Dialect, ids: list[int]) -> dict[int, _Row]:
+def _load_rows(conn: Connection, sql: batch.Dialect, ids: list[int]) -> dict[int, _Row]:
     """The messages' current facts; on PostgreSQL locked until the transaction ends."""
     lock = " FOR UPDATE" if sql.name == "postgresql" else ""
     rows: dict[int, _Row] = {}
     read_when = sql.read_when
     read_json = sql.read_json
-    for chunk in raw.chunks(ids):
+    for chunk in batch.chunks(ids):
         where, params = sql.where_in("id", chunk)
         for r in conn.exec_driver_sql(
             "SELECT id, account_id, status, flags, to_addr, category, last_event_at, "
@@ -246,9 +247,9 @@ def _load_rows(conn: Connection, sql: raw.Dialect, ids: list[int]) -> dict[int, 
     return rows
 
 
-def _seen_keys(conn: Connection, sql: raw.Dialect, ids: list[int]) -> set[tuple[int, str]]:
+def _seen_keys(conn: Connection, sql: batch.Dialect, ids: list[int]) -> set[tuple[int, str]]:
     seen: set[tuple[int, str]] = set()
-    for chunk in raw.chunks(ids):
+    for chunk in batch.chunks(ids):
         where, params = sql.where_in("message_id", chunk)
         seen.update(
             (r[0], r[1])

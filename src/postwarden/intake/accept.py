@@ -14,13 +14,15 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 
-from postwarden import addresses, clock, errors, schemas
-from postwarden.accounts import Account
+from postwarden import errors
+from postwarden.domain import addresses, clock
+from postwarden.domain.status import Kind, Status
+from postwarden.intake import schemas
 from postwarden.settings import Settings
-from postwarden.status import Kind, Status
-from postwarden.store import raw
+from postwarden.store import batch
 from postwarden.store import tables as t
-from postwarden.suppression import Screen
+from postwarden.store.accounts import Account
+from postwarden.store.suppression import Screen
 
 _DECISION_KIND = {
     Status.FAILED: Kind.FAILED,
@@ -160,7 +162,7 @@ def _insert_returning_ids(conn: Connection, table: Table, rows: list[dict[str, A
     most of a group commit's cost."""
     columns = list(rows[0])
     assert _plain_sql_ok(table, columns)
-    dialect = raw.dialect_of(conn)
+    dialect = batch.dialect_of(conn)
     convert = [dialect.converter(table.c[name].type) for name in columns]
     values = [tuple(f(row[c]) for f, c in zip(convert, columns, strict=True)) for row in rows]
     return dialect.insert_returning_ids(conn, table.name, columns, values)

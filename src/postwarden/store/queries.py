@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, false, func, or_, select
 
-from postwarden import addresses, classify, clock, errors
-from postwarden.status import UNDELIVERED, Status
+from postwarden import errors
+from postwarden.domain import addresses, classify, clock
+from postwarden.domain.status import UNDELIVERED, Status
 from postwarden.store import tables as t
 
 m = t.messages

@@ -40,7 +40,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
-from postwarden.channels import base
+from postwarden.outbound.channels import base
 
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 _LONE_CR = re.compile(rb"\r(?!\n)")

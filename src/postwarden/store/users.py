@@ -13,7 +13,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, Select, insert, select, update
 
-from postwarden import clock, errors
+from postwarden import errors
+from postwarden.domain import clock
 from postwarden.store import tables as t
 
 MIN_PASSWORD = 10

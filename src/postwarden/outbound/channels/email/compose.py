@@ -16,7 +16,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from postwarden import clock
+from postwarden.domain import clock
 
 TOKEN_HEADER = "X-Postwarden-Id"
 """Carries the message's VERP token, so a bounce that quotes only the headers still matches."""

@@ -13,9 +13,10 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 
-from postwarden import addresses, clock, errors, store
-from postwarden.status import Status
-from postwarden.store import raw
+from postwarden import errors
+from postwarden.domain import addresses, clock
+from postwarden.domain.status import Status
+from postwarden.store import batch, db
 from postwarden.store import tables as t
 
 ALL_CATEGORIES = ""
@@ -167,14 +168,14 @@ def suppress_many(
     category wins) and audit each one added; return those added, in the given order.
 
     One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the suppressions and one insert
-    for their audit rows, in plain SQL (:mod:`postwarden.store.raw`): the recorder calls this
+    for their audit rows, in plain SQL (:mod:`postwarden.store.batch`): the recorder calls this
     once per batch of facts."""
     unique: dict[tuple[int, str, str], Addition] = {}
     for addition in additions:
         unique.setdefault((addition.account_id, addition.address, addition.category), addition)
     if not unique:
         return []
-    sql = raw.dialect_of(conn)
+    sql = batch.dialect_of(conn)
     when = sql.when(clock.now())
     inserted = sql.insert_ignore_returning(
         conn,
@@ -314,7 +315,7 @@ def block(conn: Connection, account_id: int, pattern: str, *, actor: str, note: 
         addresses.check("postmaster@" + domain)
     else:
         pattern = addresses.check(pattern)
-    added = store.insert_ignore(
+    added = db.insert_ignore(
         conn,
         t.blocks,
         [

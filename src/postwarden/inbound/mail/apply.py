@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
-from postwarden import addresses, classify, clock, recorder, store, suppression, verp
-from postwarden.compose import TOKEN_HEADER
-from postwarden.inbound import dsn
-from postwarden.status import Kind, Status
-from postwarden.store import raw
+from postwarden.domain import addresses, classify, clock, verp
+from postwarden.domain.status import Kind, Status
+from postwarden.inbound.mail import dsn
+from postwarden.outbound.channels.email.compose import TOKEN_HEADER
+from postwarden.store import batch, db, recorder, suppression
 from postwarden.store import tables as t
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def process_pending(parts: Parts, limit: int = 200) -> int:
     if not ids:
         return 0
     policy = suppression.Policy(parts.settings.soft_bounce_limit, parts.settings.soft_bounce_days)
-    with store.reader(parts.engine).connect() as conn:
+    with db.reader(parts.engine).connect() as conn:
         rows = {
             row.id: row
             for row in conn.execute(
@@ -213,7 +213,7 @@ def _apply_batch(
     planned: list[tuple[int, str, str, int | None, None]] = []
     facts: list[recorder.Fact] = []
     named = [_token_ids(parts.secret, row.rcpt_to or (), rep) for _i, row, rep in parsed]
-    with store.reader(parts.engine).connect() as conn:
+    with db.reader(parts.engine).connect() as conn:
         known = _prefetch(conn, named)
         for (inbound_id, row, report), tokens in zip(parsed, named, strict=True):
             state, account_id, mail_facts = _plan(
@@ -234,7 +234,7 @@ def _apply_batch(
             floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
             facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
             recorder.record(conn, facts, policy=policy)
-        raw.dialect_of(conn).update_many(
+        batch.dialect_of(conn).update_many(
             conn, "inbound_mails", ("state", "kind", "account_id", "error"), planned
         )
 
@@ -601,8 +601,8 @@ async def run(
     interval: float = 0.2,
 ) -> None:
     """Apply stored mails until ``stop`` is set, in a worker process (see
-    :mod:`postwarden.inbound.worker`): soon after ``wake`` is set (the server sets it after
+    :mod:`postwarden.inbound.mail.worker`): soon after ``wake`` is set (the server sets it after
     storing a mail), and every ``interval`` seconds."""
-    from postwarden.inbound import worker  # it imports this module
+    from postwarden.inbound.mail import worker  # it imports this module
 
     await worker.supervise(parts, stop, wake or asyncio.Event(), interval)

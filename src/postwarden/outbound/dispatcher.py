@@ -18,22 +18,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from postwarden import (
-    addresses,
-    classify,
-    clock,
-    compose,
-    engagement,
-    queue,
-    recorder,
-    store,
-    suppression,
-    verp,
-)
-from postwarden.channels.base import AttemptResult, Channel, Outgoing
+from postwarden import engagement
+from postwarden.domain import addresses, classify, clock, verp
+from postwarden.domain.status import Kind
+from postwarden.outbound.channels.base import AttemptResult, Channel, Outgoing
+from postwarden.outbound.channels.email import compose
 from postwarden.settings import Settings
-from postwarden.status import Kind
-from postwarden.store import raw
+from postwarden.store import batch, db, queue, recorder, suppression
 from postwarden.store import tables as t
 
 log = logging.getLogger(__name__)
@@ -191,7 +182,7 @@ class Dispatcher:
             )
         if not claimed:
             return [], []
-        with store.reader(self.engine).connect() as conn:
+        with db.reader(self.engine).connect() as conn:
             ids = [c.id for c in claimed]
             stored = dict(
                 conn.execute(
@@ -274,7 +265,7 @@ class Dispatcher:
         extra: dict[int, dict[str, Any]] = {}
         attempt_rows: list[tuple[Any, ...]] = []
         keep_bodies: list[dict[str, Any]] = []
-        when = raw.dialect_for(self.engine).when
+        when = batch.dialect_for(self.engine).when
         for result in results:  # built before the transaction: its lock is held less long
             c = by_id[result.message_id]
             fact, next_at = self._judge(c, result, now)
@@ -298,11 +289,11 @@ class Dispatcher:
                 )
             )
         with self.engine.begin() as conn:
-            raw.dialect_of(conn).insert_many(
+            batch.dialect_of(conn).insert_many(
                 conn, "delivery_attempts", _ATTEMPT_COLUMNS, attempt_rows
             )
             if keep_bodies:
-                store.insert_ignore(conn, t.bodies, keep_bodies)
+                db.insert_ignore(conn, t.bodies, keep_bodies)
             recorder.record(conn, facts, policy=self.policy, extra=extra)
 
     def _judge(

@@ -4,7 +4,7 @@ It is never a relay and never a catch-all. A recipient is accepted only at an ac
 domain, and only as a VERP address whose token verifies (``b+<token>@domain``) or as one of
 the feedback addresses (``fbl@``, ``abuse@``, ``postmaster@``); every other recipient is
 refused at RCPT. At DATA the raw mail is stored as it came (``inbound_mails``, state "new")
-and 250 is answered at once: parsing happens afterwards (``postwarden.inbound.apply``), so a
+and 250 is answered at once: parsing happens afterwards (``postwarden.inbound.mail.apply``), so a
 parser fault never loses a bounce or makes the sender try again.
 """
 
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from sqlalchemy import Connection
 
-from postwarden import accounts, clock, verp
-from postwarden.store import raw as raw_sql
+from postwarden.domain import clock, verp
+from postwarden.store import accounts, batch
 
 if TYPE_CHECKING:
     from postwarden.service import Parts
@@ -381,7 +381,7 @@ class InboundServer:
         """Keep accepted mails, raw, in one transaction (on ``conn``, or one from the pool);
         returns their ids (in a thread). The rows are made before the transaction begins: on
         SQLite it holds the write lock, which the applying of stored mails waits for."""
-        sql = raw_sql.dialect_for(self.parts.engine)
+        sql = batch.dialect_for(self.parts.engine)
         received_at = sql.when(clock.now())
         rows = [
             (received_at, peer[:100], mail_from[:320], sql.json(rcpt_to), raw, "new")

@@ -24,7 +24,7 @@ from email.policy import compat32
 from enum import StrEnum
 from types import FunctionType, MappingProxyType
 
-from postwarden.classify import (
+from postwarden.domain.classify import (
     Verdict,
     classify,
     extract_reply_code,

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from postwarden import clock, errors, store
+from postwarden import errors
+from postwarden.domain import clock
+from postwarden.store import db
 from postwarden.store import tables as t
 
 KEY_PREFIX = "pw_"
@@ -144,7 +146,7 @@ def instance_secret(conn: Connection) -> bytes:
     query = select(t.instance.c.value).where(t.instance.c.key == "secret")
     value = conn.scalar(query)
     if value is None:
-        store.insert_ignore(conn, t.instance, [{"key": "secret", "value": secrets.token_hex(32)}])
+        db.insert_ignore(conn, t.instance, [{"key": "secret", "value": secrets.token_hex(32)}])
         value = conn.scalar(query)
     return bytes.fromhex(value)
 

@@ -1,0 +1,3 @@
+"""Inbound mail: bounces, delay and success notices, complaints and auto-replies."""
+
+from __future__ import annotations

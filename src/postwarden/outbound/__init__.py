@@ -1,0 +1,1 @@
+"""Outbound: the dispatcher claims due messages and hands them to their channel."""

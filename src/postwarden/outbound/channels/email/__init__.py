@@ -1,0 +1,1 @@
+"""The email channel: each message's bytes (compose, tracking) and SMTP delivery."""
