@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sqlalchemy import func, select
 
-    from postwarden.domain import tracking
+    from postwarden.domain import tokens
     from postwarden.store import db
     from postwarden.store import tables as t
 
@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 common.wait_port(port)
                 runs = {
-                    "distinct": [f"/t/o/{tracking.sign(secret, 'o', i)}" for i in ids],
-                    "reload": [f"/t/o/{tracking.sign(secret, 'o', ids[0])}"],
+                    "distinct": [f"/t/o/{tokens.sign(secret, 'o', i)}" for i in ids],
+                    "reload": [f"/t/o/{tokens.sign(secret, 'o', ids[0])}"],
                     "forged": [
-                        f"/t/o/{tracking.sign(b'not-the-secret', 'o', i)}" for i in ids[:1000]
+                        f"/t/o/{tokens.sign(b'not-the-secret', 'o', i)}" for i in ids[:1000]
                     ],
                 }
                 for name, paths in runs.items():

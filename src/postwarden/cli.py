@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection
 
-from postwarden import errors, service
+from postwarden import errors, runtime, service
 from postwarden.domain import addresses
 from postwarden.inbound.mail import dsn
 from postwarden.intake import accept, schemas
@@ -56,9 +56,9 @@ STATUS_STYLE = {
 }
 
 
-def _parts(migrate: bool = True) -> service.Parts:
+def _parts(migrate: bool = True) -> runtime.Parts:
     service.configure_logging()
-    return service.open_parts(Settings(), migrate=migrate)
+    return runtime.open_parts(Settings(), migrate=migrate)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from postwarden import service
+from postwarden import runtime, service
 from postwarden.settings import Settings
 from postwarden.store import accounts, suppression
 from postwarden.store import tables as t
@@ -71,7 +71,7 @@ def recipients(count: int, rng: random.Random) -> list[dict[str, Any]]:
 
 async def _wait_until_settled(
     client: httpx.AsyncClient,
-    parts: service.Parts,
+    parts: runtime.Parts,
     broadcast_id: int,
     total: int,
     late: int,
@@ -146,7 +146,7 @@ async def run(
             inbound_port=inbound_port,
             default_bounce_domain="bounces.demo.test",
         )
-        parts = service.open_parts(settings)
+        parts = runtime.open_parts(settings)
         with parts.engine.begin() as conn:
             account, key = accounts.create(conn, "demo", settings.default_bounce_domain)
             suppression.suppress(

@@ -13,18 +13,16 @@ import multiprocessing
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import uvicorn
-from sqlalchemy import Engine
 
-from postwarden.inbound.mail import apply as inbound_apply
+from postwarden.inbound.mail import worker as inbound_worker
 from postwarden.inbound.mail.server import InboundServer
 from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
 from postwarden.outbound.dispatcher import Dispatcher
+from postwarden.runtime import Parts, open_parts
 from postwarden.settings import Settings
-from postwarden.store import accounts, db
 from postwarden.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -57,26 +55,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 class ProcessExited(RuntimeError):
     """One of ``serve``'s API processes ended on its own: the service stops (and exits non-zero)
     rather than go on answering with fewer processes than it was asked for."""
-
-
-@dataclass
-class Parts:
-    settings: Settings
-    engine: Engine
-    secret: bytes
-
-
-def open_parts(settings: Settings, *, migrate: bool = True) -> Parts:
-    """Connect, bring the schema up to date, and find the signing secret."""
-    engine = db.connect(settings.database_url)
-    if migrate:
-        db.migrate(engine)
-    if settings.secret_key is not None:
-        secret = settings.secret_key.get_secret_value().encode()
-    else:
-        with engine.begin() as conn:
-            secret = accounts.instance_secret(conn)
-    return Parts(settings, engine, secret)
 
 
 def smtp_channel(settings: Settings) -> SMTPChannel:
@@ -115,7 +93,7 @@ async def running_inbound(parts: Parts, stop: asyncio.Event) -> AsyncIterator[In
         parts, host=parts.settings.inbound_host, port=parts.settings.inbound_port
     )
     await server.start()
-    task = asyncio.create_task(inbound_apply.run(parts, stop, server.wake), name="inbound-apply")
+    task = asyncio.create_task(inbound_worker.run(parts, stop, server.wake), name="inbound-apply")
     try:
         yield server
     finally:

@@ -24,7 +24,8 @@ from postwarden.inbound.mail.server import InboundServer
 from postwarden.intake import accept, schemas
 from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
 from postwarden.outbound.dispatcher import Dispatcher
-from postwarden.service import Parts, running_inbound
+from postwarden.runtime import Parts
+from postwarden.service import running_inbound
 from postwarden.settings import Settings
 from postwarden.store import accounts, recorder, suppression
 from postwarden.store import tables as t

@@ -17,9 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 
-from postwarden import engagement, service
-from postwarden.domain import clock, tracking
+from postwarden import service
+from postwarden.domain import clock, links, tokens
+from postwarden.inbound import tracking
 from postwarden.intake import accept, schemas
+from postwarden.outbound.channels.email import tracking as email_tracking
 from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.settings import Settings
 from postwarden.store import accounts, queries
@@ -180,7 +182,7 @@ async def test_a_sent_messages_pixel_and_links_work(
     for _ in range(3):  # a reload does not pile up events
         response = client.get(pixel_path(html), headers={"User-Agent": FIREFOX})
         assert response.status_code == 200
-        assert response.content == engagement.PIXEL and len(response.content) == 43
+        assert response.content == tracking.PIXEL and len(response.content) == 43
         assert response.headers["content-type"] == "image/gif"
         assert "no-store" in response.headers["cache-control"]
     assert status_of(engine, mid) == "opened"
@@ -233,7 +235,7 @@ async def test_forged_truncated_and_other_accounts_tokens_change_nothing(
     def splice(token: str, message_id: int) -> str:
         """Their MAC on a payload naming my message."""
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = bytes((1,)) + tracking._uvarint(message_id) + tracking._uvarint(0)
+        payload = bytes((1,)) + tokens._uvarint(message_id) + tokens._uvarint(0)
         return base64.urlsafe_b64encode(payload + raw[-12:]).rstrip(b"=").decode()
 
     def bad_tokens(token: str, purpose: str) -> list[str]:
@@ -242,9 +244,9 @@ async def test_forged_truncated_and_other_accounts_tokens_change_nothing(
             token[:-2],
             token[:10],
             token + "AA",
-            tracking.sign(b"another-instance", purpose, mine, 0),
+            tokens.sign(b"another-instance", purpose, mine, 0),
             splice(their_link, mine),
-            tracking.sign(SECRET, purpose, 987654, 0),  # well signed, no such message
+            tokens.sign(SECRET, purpose, 987654, 0),  # well signed, no such message
             "",
             "x" * 5000,
             "%00",
@@ -257,7 +259,7 @@ async def test_forged_truncated_and_other_accounts_tokens_change_nothing(
         assert response.status_code == 200, bad
         assert response.content == valid_pixel.content
         assert response.headers == valid_pixel.headers
-    unknown = client.get(f"/t/c/{tracking.sign(SECRET, 'c', 987654, 0)}")
+    unknown = client.get(f"/t/c/{tokens.sign(SECRET, 'c', 987654, 0)}")
     assert unknown.status_code == 404
     for bad in [*bad_tokens(link, "c"), pixel, their_unsub]:
         for method in ("GET", "HEAD"):
@@ -266,12 +268,12 @@ async def test_forged_truncated_and_other_accounts_tokens_change_nothing(
             if method == "GET":
                 assert response.content == unknown.content
     for bad in [*bad_tokens(their_unsub, "u"), pixel, link]:
-        post = client.post(f"/t/u/{bad}", content=engagement.UNSUBSCRIBE_POST)
+        post = client.post(f"/t/u/{bad}", content=tokens.UNSUBSCRIBE_POST)
         assert (post.status_code, post.content) == (404, unknown.content)
         assert client.get(f"/t/u/{bad}").content == unknown.content
     # Their unsubscribe token, spliced onto my message: refused; their click token still
     # only ever leads to their own link and records on their own message.
-    post = client.post(f"/t/u/{splice(their_unsub, mine)}", content=engagement.UNSUBSCRIBE_POST)
+    post = client.post(f"/t/u/{splice(their_unsub, mine)}", content=tokens.UNSUBSCRIBE_POST)
     assert post.status_code == 404
     after = counts(engine)
     assert after == before
@@ -292,9 +294,9 @@ async def test_no_redirect_to_a_url_that_was_not_in_the_message(
     link = link_paths(html_of(received(sim, "alice@example.test")))[0]
     before = counts(engine)
     for path in (
-        f"/t/c/{tracking.sign(SECRET, 'c', mid, 2)}",  # the notrack link is not a target
-        f"/t/c/{tracking.sign(SECRET, 'c', mid, 3)}",
-        f"/t/c/{tracking.sign(SECRET, 'c', mid, 2**40)}",
+        f"/t/c/{tokens.sign(SECRET, 'c', mid, 2)}",  # the notrack link is not a target
+        f"/t/c/{tokens.sign(SECRET, 'c', mid, 3)}",
+        f"/t/c/{tokens.sign(SECRET, 'c', mid, 2**40)}",
         f"{link}/https://evil.example/",
         f"{link}%2Fhttps:%2F%2Fevil.example",
     ):
@@ -382,7 +384,7 @@ async def test_one_click_unsubscribe(
     for _ in range(2):  # idempotent
         response = fresh.post(
             path,
-            content=engagement.UNSUBSCRIBE_POST,
+            content=tokens.UNSUBSCRIBE_POST,
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         assert response.status_code == 200 and "unsubscribed" in response.text
@@ -449,7 +451,7 @@ async def test_text_links_when_configured(
     msg = received(sim, "alice@example.test")
     text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     (url,) = re.findall(re.escape(BASE) + r"/t/c/\S+", text)
-    assert tracking.verify(SECRET, "c", url.rsplit("/", 1)[1]) == (mid, 2)  # after HTML links
+    assert tokens.verify(SECRET, "c", url.rsplit("/", 1)[1]) == (mid, 2)  # after HTML links
     response = client.get(urlsplit(url).path)
     assert response.headers["location"] == "https://shop.example/orders/42"
 
@@ -513,7 +515,7 @@ def test_skeleton_matches_instrumenting_each_message() -> None:
 
     content = Content("shop@acme.test", "", "s", TEXT, content_html)
     for message_id in (1, 77, 2**40):
-        prepared = engagement.prepare(
+        prepared = email_tracking.prepare(
             settings=settings,
             secret=SECRET,
             message_id=message_id,
@@ -523,9 +525,9 @@ def test_skeleton_matches_instrumenting_each_message() -> None:
             broadcast_id=None,
             category="",
         )
-        expected = tracking.instrument_html(
+        expected = links.instrument_html(
             content_html, base_url=BASE, secret=SECRET, message_id=message_id
         )
         assert prepared.html == expected.html
         assert prepared.text is None and prepared.headers == ()
-    assert engagement.links_of(SECRET, BASE, content_html, None) == expected.links
+    assert links.links_of(SECRET, BASE, content_html, None) == expected.links

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, update
 
-from postwarden import service
+from postwarden import runtime, service
 from postwarden.domain import clock
 from postwarden.domain.status import Kind
 from postwarden.intake import accept, schemas
@@ -64,7 +64,7 @@ def db_url() -> str:  # the browser tests run on SQLite only
 # region seeding: real deliveries to the simulator
 
 
-async def _deliver(settings: Settings, parts: service.Parts, account: accounts.Account) -> None:
+async def _deliver(settings: Settings, parts: runtime.Parts, account: accounts.Account) -> None:
     from postwarden.outbound.dispatcher import Dispatcher
 
     with parts.engine.begin() as conn:
@@ -233,7 +233,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     path = tmp_path_factory.mktemp("browser") / "ui.db"
 
-    async def seed() -> tuple[Settings, service.Parts, accounts.Account]:
+    async def seed() -> tuple[Settings, runtime.Parts, accounts.Account]:
         async with Simulator() as sim:
             settings = Settings(
                 database_url=f"sqlite:///{path}",
@@ -248,7 +248,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 data_timeout=2,
                 default_bounce_domain="bounces.acme.test",
             )
-            parts = service.open_parts(settings)
+            parts = runtime.open_parts(settings)
             with parts.engine.begin() as conn:
                 account, _ = accounts.create(conn, "acme", "bounces.acme.test")
                 users.create(conn, account.id, "ops@acme.test", PASSWORD)

@@ -9,6 +9,7 @@ from email import policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postwarden.domain import verp
 from postwarden.outbound.channels.email import compose
 
 _BOUNDARY = re.compile(rb"={15}\d{19}==")
@@ -60,6 +61,6 @@ def test_a_built_message_has_its_headers_and_body() -> None:
     parsed = email.message_from_bytes(raw, policy=policy.default)
     assert parsed["To"] == "bob@example.org"
     assert parsed["Message-ID"] == "<tok@example.com>"
-    assert parsed[compose.TOKEN_HEADER] == "tok"
+    assert parsed[verp.TOKEN_HEADER] == "tok"
     assert parsed.get_body(("plain",)).get_content() == "Thanks, Zoë.\r\n"
     assert parsed.get_body(("html",)).get_content() == "<p>Hi</p>\r\n"

@@ -8,19 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postwarden.domain.tracking import (
+from postwarden.domain.bots import (
     RULES,
     Classification,
-    Rewritten,
     Verdict,
     classify_click,
     classify_open,
-    instrument_html,
-    instrument_text,
     ip_class,
-    sign,
-    verify,
 )
+from postwarden.domain.links import Rewritten, instrument_html, instrument_text
+from postwarden.domain.tokens import sign, verify
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 OTHER = b"fedcba9876543210fedcba9876543210"

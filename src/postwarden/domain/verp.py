@@ -10,6 +10,8 @@ import base64
 import hmac
 
 PREFIX = "b+"
+TOKEN_HEADER = "X-Postwarden-Id"
+"""Carries the message's VERP token, so a bounce that quotes only the headers still matches."""
 _MAC_BYTES = 8
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from postwarden import engagement
 from postwarden.domain import addresses, classify, clock, verp
 from postwarden.domain.status import Kind
 from postwarden.outbound.channels.base import AttemptResult, Channel, Outgoing
 from postwarden.outbound.channels.email import compose
+from postwarden.outbound.channels.email import tracking as email_tracking
 from postwarden.settings import Settings
 from postwarden.store import batch, db, queue, recorder, suppression
 from postwarden.store import tables as t
@@ -197,7 +197,7 @@ class Dispatcher:
                 conn, [c.id for c in claimed if c.has_attachments and c.id not in stored]
             )
             new = [c for c in claimed if c.id not in stored]  # tracking: pixel, links, headers
-            tracked = engagement.prepare_batch(
+            tracked = email_tracking.prepare_batch(
                 conn, new, self._contents, self.settings, self.secret
             )
         outgoing = []

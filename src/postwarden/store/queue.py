@@ -30,7 +30,7 @@ class Claimed:
     attempts: int
     created_at: datetime
     has_attachments: bool
-    broadcast_id: int | None = None  # these three: for engagement tracking (engagement.py)
+    broadcast_id: int | None = None  # these three: for tracking (email/tracking.py)
     category: str = ""
     track: bool | None = None
 

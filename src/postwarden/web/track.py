@@ -29,8 +29,8 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, update
 from starlette.concurrency import run_in_threadpool
 
-from postwarden import engagement
-from postwarden.domain import clock, tracking
+from postwarden.domain import clock, tokens
+from postwarden.inbound import tracking
 from postwarden.settings import Settings
 from postwarden.store import accounts, queries, suppression
 from postwarden.store import tables as t
@@ -62,8 +62,8 @@ class _State:
         self.policy = suppression.Policy(
             self.settings.soft_bounce_limit, self.settings.soft_bounce_days
         )
-        self.links = engagement.LinkCache()
-        self.opens: GroupCommit[engagement.OpenHit, bool] = GroupCommit(self._write_opens)
+        self.links = tracking.LinkCache()
+        self.opens: GroupCommit[tracking.OpenHit, bool] = GroupCommit(self._write_opens)
         self.recent: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
     def seen(self, key: tuple[Any, ...]) -> bool:
@@ -77,9 +77,9 @@ class _State:
     def forget(self, key: tuple[Any, ...]) -> None:
         self.recent.pop(key, None)
 
-    def _write_opens(self, hits: list[engagement.OpenHit]) -> list[bool | Exception]:
+    def _write_opens(self, hits: list[tracking.OpenHit]) -> list[bool | Exception]:
         with self.engine.begin() as conn:
-            return list(engagement.record_opens(conn, self.secret, hits, policy=self.policy))
+            return list(tracking.record_opens(conn, self.secret, hits, policy=self.policy))
 
 
 def _state(request: Request) -> _State:
@@ -96,7 +96,7 @@ def _client(request: Request) -> tuple[str, str]:
 
 
 def _pixel() -> Response:
-    return Response(engagement.PIXEL, media_type="image/gif", headers=_NO_STORE)
+    return Response(tracking.PIXEL, media_type="image/gif", headers=_NO_STORE)
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -124,16 +124,16 @@ def _not_found() -> HTMLResponse:
 @router.get("/t/o/{token:path}")
 async def open_pixel(token: str, request: Request) -> Response:
     state = _state(request)
-    found = tracking.verify(state.secret, "o", token)  # no database for a forged token
+    found = tokens.verify(state.secret, "o", token)  # no database for a forged token
     if found is None:
         return _pixel()
     user_agent, ip = _client(request)
     now = clock.now()
-    key = (found[0], now.timestamp() // engagement.OPEN_BUCKET_SECONDS, user_agent, ip)
+    key = (found[0], now.timestamp() // tracking.OPEN_BUCKET_SECONDS, user_agent, ip)
     if state.seen(key):
         return _pixel()
     try:
-        await state.opens.submit(engagement.OpenHit(token, user_agent, ip, now))
+        await state.opens.submit(tracking.OpenHit(token, user_agent, ip, now))
     except Exception:  # the image is answered whatever happens; the next fetch retries
         state.forget(key)
         log.exception("recording an open failed")
@@ -143,13 +143,13 @@ async def open_pixel(token: str, request: Request) -> Response:
 @router.api_route("/t/c/{token:path}", methods=["GET", "HEAD"])
 async def click(token: str, request: Request) -> Response:
     state = _state(request)
-    if tracking.verify(state.secret, "c", token) is None:
+    if tokens.verify(state.secret, "c", token) is None:
         return _not_found()
     user_agent, ip = _client(request)
 
     def write() -> str | None:
         with state.engine.begin() as conn:
-            return engagement.record_click(
+            return tracking.record_click(
                 conn,
                 state.secret,
                 token,
@@ -177,12 +177,12 @@ _CONFIRM = (
 @router.get("/t/u/{token:path}")
 async def unsubscribe_page(token: str, request: Request) -> Response:
     state = _state(request)
-    if tracking.verify(state.secret, "u", token) is None:
+    if tokens.verify(state.secret, "u", token) is None:
         return _not_found()
 
     def read() -> tuple[int, str] | None:
         with state.engine.connect() as conn:
-            return engagement.unsubscribable(
+            return tracking.unsubscribable(
                 conn, state.secret, token, transactional=state.settings.transactional
             )
 
@@ -194,14 +194,14 @@ async def unsubscribe_page(token: str, request: Request) -> Response:
 @router.post("/t/u/{token:path}")
 async def unsubscribe(token: str, request: Request) -> Response:
     state = _state(request)
-    if tracking.verify(state.secret, "u", token) is None:
+    if tokens.verify(state.secret, "u", token) is None:
         return _not_found()
     await request.body()  # "List-Unsubscribe=One-Click" (RFC 8058) or the page's own form
     user_agent, ip = _client(request)
 
     def write() -> bool:
         with state.engine.begin() as conn:
-            return engagement.unsubscribe(
+            return tracking.unsubscribe(
                 conn,
                 state.secret,
                 token,

@@ -17,29 +17,23 @@ Matching, strongest evidence first:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
 from postwarden.domain import addresses, classify, clock, verp
 from postwarden.domain.status import Kind, Status
 from postwarden.inbound.mail import dsn
-from postwarden.outbound.channels.email.compose import TOKEN_HEADER
+from postwarden.runtime import Parts
 from postwarden.store import batch, db, recorder, suppression
 from postwarden.store import tables as t
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from postwarden.settings import Settings
-
-__all__ = ["ERROR", "MATCH_WINDOW", "claim", "process_pending", "run"]
+__all__ = ["ERROR", "MATCH_WINDOW", "claim", "process_pending"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +72,6 @@ recipient asking to stop: they are kept but change no message."""
 
 im = t.inbound_mails
 m = t.messages
-
-
-class Parts(Protocol):
-    """What applying needs of :class:`postwarden.service.Parts` (the worker process, which
-    does not import the service, makes its own)."""
-
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def engine(self) -> Engine: ...
-    @property
-    def secret(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +499,7 @@ def _token_ids(
         if local.startswith(verp.PREFIX):
             named.append((verp.message_id_of(secret, rcpt), "verp"))
     headers = report.returned_headers
-    token = headers.get(TOKEN_HEADER.lower(), "").strip()
+    token = headers.get(verp.TOKEN_HEADER.lower(), "").strip()
     if token:
         named.append((verp.message_id_of(secret, token), "header"))
     for value in (report.original_message_id, headers.get("message-id")):
@@ -592,17 +574,3 @@ it) is applied in batches instead of one small round per mail. Each round has fi
 claim, reads, two commits whose SQLite write lock holds up the server's stores): at 1,000
 mails/s, rounds of up to 500 mails applied 5% more per second than rounds of up to 200."""
 
-
-async def run(
-    parts: Parts,
-    stop: asyncio.Event,
-    wake: asyncio.Event | None = None,
-    *,
-    interval: float = 0.2,
-) -> None:
-    """Apply stored mails until ``stop`` is set, in a worker process (see
-    :mod:`postwarden.inbound.mail.worker`): soon after ``wake`` is set (the server sets it after
-    storing a mail), and every ``interval`` seconds."""
-    from postwarden.inbound.mail import worker  # it imports this module
-
-    await worker.supervise(parts, stop, wake or asyncio.Event(), interval)

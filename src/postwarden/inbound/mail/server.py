@@ -15,16 +15,14 @@ import gc
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from sqlalchemy import Connection
 
 from postwarden.domain import clock, verp
+from postwarden.runtime import Parts
 from postwarden.store import accounts, batch
-
-if TYPE_CHECKING:
-    from postwarden.service import Parts
 
 __all__ = ["FEEDBACK_LOCALS", "InboundServer"]
 

@@ -28,16 +28,14 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
-
 from postwarden.inbound.mail import apply
+from postwarden.runtime import Parts
 from postwarden.settings import Settings
 from postwarden.store import db
 
-__all__ = ["Worker", "supervise"]
+__all__ = ["Worker", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ class Worker:
     """The worker process, started at once; ``wake`` it after storing a mail, ``close`` it to
     have it finish its round and exit."""
 
-    def __init__(self, parts: apply.Parts, interval: float) -> None:
+    def __init__(self, parts: Parts, interval: float) -> None:
         ours, theirs = socket.socketpair()
         src = str(Path(apply.__file__).resolve().parents[2])  # where ``postwarden`` lives
         path = os.environ.get("PYTHONPATH")
@@ -89,10 +87,13 @@ class Worker:
             self.process.wait()
 
 
-async def supervise(
-    parts: apply.Parts, stop: asyncio.Event, wake: asyncio.Event, interval: float
+async def run(
+    parts: Parts, stop: asyncio.Event, wake: asyncio.Event, *, interval: float = 0.2
 ) -> None:
-    """Keep a worker running until ``stop`` is set, passing on each ``wake``; a worker that
+    """Apply stored mails until ``stop`` is set, in a worker process: soon after ``wake`` is
+    set (the server sets it after storing a mail), and every ``interval`` seconds.
+
+    One worker is kept running, passed each ``wake``; a worker that
     ends is replaced (the mails it had claimed are claimed again after
     :data:`apply.CLAIM_TIMEOUT`; those stored meanwhile wait for the next one)."""
     while not stop.is_set():
@@ -124,13 +125,6 @@ async def supervise(
             await asyncio.wait_for(stop.wait(), RESTART_DELAY)
 
 
-@dataclass(frozen=True, slots=True)
-class _Parts:
-    settings: Settings
-    engine: Engine
-    secret: bytes
-
-
 def _receive(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
@@ -160,7 +154,7 @@ def _serve(fd: int) -> None:
             format="%(asctime)s %(levelname)s %(name)s (inbound worker): %(message)s"
         )
         logging.getLogger("postwarden").setLevel(level)
-        parts = _Parts(settings, db.connect(url), secret)
+        parts = Parts(settings, db.connect(url), secret)
         gc.freeze()  # what start-up made lives as long as the process (see InboundServer)
         while True:
             try:

@@ -17,9 +17,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from postwarden.domain import clock
-
-TOKEN_HEADER = "X-Postwarden-Id"
-"""Carries the message's VERP token, so a bounce that quotes only the headers still matches."""
+from postwarden.domain.verp import TOKEN_HEADER
 
 _POLICY = policy.SMTP.clone(max_line_length=998)
 
