@@ -20,6 +20,7 @@ chromium:
 
 test: install chromium
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench: install
