@@ -1,5 +1,6 @@
 """All queue SQL: claiming due messages with leases, and the schedule of their next attempt.
 
+Claims are per channel (``messages.channel``): a channel is only ever handed its own messages.
 One statement serves both databases: PostgreSQL gets ``FOR UPDATE SKIP LOCKED`` so several
 workers share the queue; SQLite drops the clause and relies on its single writer. A claim is
 a lease: a worker that dies leaves its messages to be claimed again once the lease expires.
@@ -36,12 +37,14 @@ class Claimed:
 
 
 def claim_batch(
-    conn: Connection, *, owner: str, limit: int, lease: timedelta, now: datetime
+    conn: Connection, *, channel: str, owner: str, limit: int, lease: timedelta, now: datetime
 ) -> list[Claimed]:
-    """Take up to ``limit`` due messages (oldest due first) and mark them ``sending``."""
+    """Take up to ``limit`` of ``channel``'s due messages (oldest due first) and mark them
+    ``sending``."""
     due = (
         select(m.c.id)
         .where(
+            m.c.channel == channel,
             m.c.status.in_(CLAIMABLE),
             m.c.next_attempt_at <= now,
             or_(m.c.lease_until.is_(None), m.c.lease_until < now),
@@ -93,7 +96,7 @@ def release(conn: Connection, owner: str, ids: list[int], now: datetime) -> None
 
 
 def backoff(
-    attempts: int, *, minimum: float, maximum: float, retry_after: int | None = None
+    attempts: int, *, minimum: float, maximum: float, retry_after: float | None = None
 ) -> timedelta:
     """Exponential (minimum x 2^(n-1), capped), or what the server asked for."""
     if retry_after is not None:

@@ -169,6 +169,7 @@ messages = Table(
     Column("next_attempt_at", When),
     Column("lease_until", When),
     Column("lease_owner", String(64)),
+    Column("provider_message_id", String(255)),  # what a relay or provider calls it
     Column("created_at", When, nullable=False),
     Column("updated_at", When, nullable=False),
     Column("last_event_at", When),
@@ -192,7 +193,9 @@ messages = Table(
         sqlite_where=text("resend_of IS NOT NULL"),
         postgresql_where=text("resend_of IS NOT NULL"),
     ),
-    Index(None, "status", "next_attempt_at"),
+    Index(None, "channel", "status", "next_attempt_at"),  # each channel's claims
+    # Receipts and webhooks name a message by its provider's id, per channel.
+    Index(None, "channel", "provider_message_id"),
     # Undelivered only (a tenth): the undelivered count checks the originals of the delivered
     # resends here, from the index alone.
     Index(
