@@ -22,7 +22,7 @@ def _run_postwarden(
     common.seed_pending(engine, account, n)
     with common.Sink() as sink:
         env = common.postwarden_env(
-            url, POSTWARDEN_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
+            url, POSTWARDEN_SMTP_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
         )
         procs = []
         try:

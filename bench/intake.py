@@ -83,7 +83,7 @@ def broadcast(report: common.Report, n: int, workdir: Path, peer_queued: float |
         _suppress(engine, account, suppressed)
         port = common.free_port()
         env = common.postwarden_env(
-            url, POSTWARDEN_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
+            url, POSTWARDEN_SMTP_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
         )
         proc = common.start(["serve", "--port", str(port)], env, workdir / "intake.log")
         try:
@@ -168,7 +168,7 @@ def _single_run(seconds: float, workdir: Path, processes: int) -> tuple[float, i
         engine.dispose()
         port = common.free_port()
         env = common.postwarden_env(
-            url, POSTWARDEN_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
+            url, POSTWARDEN_SMTP_ROUTES=f"{common.SINK_DOMAIN}=127.0.0.1:{sink.port}"
         )
         args = ["serve", "--port", str(port), "--api-processes", str(processes)]
         proc = common.start(args, env, workdir / f"single{processes}.log")

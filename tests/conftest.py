@@ -107,9 +107,7 @@ def settings(db_url: str) -> Settings:
         max_backoff=2.0,
         poll_interval=0.05,
         lease_seconds=30,
-        connect_timeout=2,
-        command_timeout=2,
-        data_timeout=2,
+        smtp={"connect_timeout": 2, "command_timeout": 2, "data_timeout": 2},
         helo_name="postwarden.test",
         default_bounce_domain="bounces.postwarden.test",
     )

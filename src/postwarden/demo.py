@@ -137,8 +137,10 @@ async def run(
     ) as sim:
         settings = Settings(
             database_url=f"sqlite:///{database}",
-            routes=",".join(f"{d}=127.0.0.1:{sim.port}" for d in DOMAINS),
-            dns_server=f"127.0.0.1:{sim.dns_port}",
+            smtp={
+                "routes": {d: ("127.0.0.1", sim.port) for d in DOMAINS},
+                "dns_server": ("127.0.0.1", sim.dns_port),
+            },
             min_backoff=2.0,
             max_backoff=10.0,
             max_lifetime=15.0,
