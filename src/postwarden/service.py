@@ -19,7 +19,7 @@ import uvicorn
 
 from postwarden.inbound.mail import worker as inbound_worker
 from postwarden.inbound.mail.server import InboundServer
-from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
+from postwarden.outbound import registry
 from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.runtime import Parts, open_parts
 from postwarden.settings import Settings
@@ -57,33 +57,18 @@ class ProcessExited(RuntimeError):
     rather than go on answering with fewer processes than it was asked for."""
 
 
-def smtp_channel(settings: Settings) -> SMTPChannel:
-    return SMTPChannel(
-        SMTPConfig(
-            relay=settings.smtp_relay,
-            routes=settings.route_map,
-            helo_name=settings.helo_name,
-            dns_nameserver=settings.dns_nameserver,
-            connect_timeout=settings.connect_timeout,
-            command_timeout=settings.command_timeout,
-            data_timeout=settings.data_timeout,
-            per_domain_concurrency=settings.per_domain_concurrency,
-            messages_per_connection=settings.messages_per_connection,
-        )
-    )
-
-
 @contextlib.asynccontextmanager
 async def running_dispatcher(parts: Parts, stop: asyncio.Event) -> AsyncIterator[Dispatcher]:
-    channel = smtp_channel(parts.settings)
-    dispatcher = Dispatcher(parts.engine, parts.settings, channel, parts.secret)
+    """The dispatcher over every configured channel, running until ``stop``."""
+    channels = registry.channels(parts.settings, parts.secret)
+    dispatcher = Dispatcher(parts.engine, parts.settings, channels)
     task = asyncio.create_task(dispatcher.run(stop), name="dispatcher")
     try:
         yield dispatcher
     finally:
         stop.set()
         await task
-        await channel.aclose()
+        await dispatcher.aclose()
 
 
 @contextlib.asynccontextmanager

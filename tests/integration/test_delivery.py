@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from servers import RawServer
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
-from postwarden import service
 from postwarden.domain import clock
 from postwarden.intake import accept, schemas
+from postwarden.outbound import registry
 from postwarden.outbound.dispatcher import Dispatcher
-from postwarden.settings import Settings
+from postwarden.settings import Settings, SMTPSettings
 from postwarden.store import accounts, queries, queue
 from postwarden.store import tables as t
 from postwarden.testing.simulator import Simulator
@@ -47,9 +47,17 @@ def detail(engine: Engine, account: accounts.Account, message_id: int) -> dict[s
         return queries.message_detail(conn, account.id, message_id)
 
 
+def configure(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with ``changes``, the email channel's (``routes``, ``relay``...) included."""
+    smtp = {k: changes.pop(k) for k in list(changes) if k in SMTPSettings.model_fields}
+    if smtp:
+        changes["smtp"] = SMTPSettings.model_validate(settings.smtp.model_dump() | smtp)
+    return settings.model_copy(update=changes)
+
+
 def dispatcher_for(settings: Settings, engine: Engine, **changes: Any) -> Dispatcher:
-    configured = settings.model_copy(update=changes)
-    return Dispatcher(engine, configured, service.smtp_channel(configured), b"secret")
+    configured = configure(settings, **changes)
+    return Dispatcher(engine, configured, registry.channels(configured, b"secret"))
 
 
 async def drain(dispatcher: Dispatcher, rounds: int = 20, pause: float = 0.25) -> None:
@@ -135,11 +143,17 @@ async def test_relay_makes_messages_sent(
 ) -> None:
     account = account_key[0]
     message_id = submit(engine, account, "carol@anywhere.test")
-    dispatcher = dispatcher_for(settings, engine, smtp_relay=f"smtp://127.0.0.1:{sim.port}")
+    dispatcher = dispatcher_for(settings, engine, relay=f"smtp://127.0.0.1:{sim.port}")
     await drain(dispatcher, rounds=2)
     item = detail(engine, account, message_id)
     assert item["status"] == "sent"
     assert item["attempts"][0]["via"] == "relay"
+    with engine.connect() as conn:
+        named = conn.scalar(
+            select(t.messages.c.provider_message_id).where(t.messages.c.id == message_id)
+        )
+    assert named is not None and named.startswith("SIM"), "the relay's queue id is kept"
+    assert item["attempts"][0]["text"].endswith(f"queued as {named}")
 
 
 async def test_deferred_until_lifetime_then_expired(
@@ -188,13 +202,83 @@ async def test_dropped_connection_and_silent_server_are_temporary(
     for message_id in (dropped, hung):
         item = detail(engine, account, message_id)
         assert item["status"] == "deferred"
-        assert item["attempts"][0]["outcome"] == "temporary"
+        assert item["attempts"][0]["outcome"] == "deferred"
+        # An MX that never answers is a network error in its words, not "expired" (issue 13,
+        # item 9): that is for when the retries run out.
+        assert item["reason"] == "networkerror"
+    silence = detail(engine, account, hung)["events"][-1]["detail"]
+    assert silence == f"timed out after 0.5 s waiting for the greeting from 127.0.0.1:{silent.port}"
     with engine.connect() as conn:
         next_at = conn.scalar(select(t.messages.c.next_attempt_at).where(t.messages.c.id == hung))
         stored = conn.scalar(select(func.count()).select_from(t.bodies))
     assert next_at is not None
     assert next_at >= started + timedelta(seconds=settings.min_backoff), "retried after backoff"
     assert stored == 2, "a deferred message keeps its built bytes for the next attempt"
+
+
+def insert_raw(engine: Engine, account: accounts.Account, to: str, **content: Any) -> int:
+    """A message stored as is, past intake's checks (which another layer hardens): what the
+    channel must survive whatever intake lets through."""
+    now = clock.now()
+    values = {
+        "from_addr": "shop@acme.test",
+        "from_name": "",
+        "subject": "Hi",
+        "text": "Hi",
+        "headers": {},
+    }
+    with engine.begin() as conn:
+        content_id = conn.execute(
+            insert(t.contents).values(account_id=account.id, created_at=now, **(values | content))
+        ).inserted_primary_key[0]
+        return conn.execute(
+            insert(t.messages).values(
+                account_id=account.id,
+                content_id=content_id,
+                channel="email",
+                to_addr=to,
+                category="",
+                status="pending",
+                flags=[],
+                metadata={},
+                has_attachments=False,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]
+
+
+async def test_a_message_that_cannot_be_built_fails_alone(
+    sim: Simulator, settings: Settings, engine: Engine
+) -> None:
+    """Issue 13, item 1: a line separator in a header made building raise, and the whole
+    claimed batch (every account's) was claimed again every lease, forever. Now the message
+    fails with the error and the others of its batch, other accounts' too, are delivered."""
+    with engine.begin() as conn:
+        shop = accounts.create(conn, "shop", "bounces.shop.test")[0]
+        other = accounts.create(conn, "other", "bounces.other.test")[0]
+    fine = [submit(engine, shop, "before@example.test")]
+    broken = {
+        insert_raw(engine, shop, "sep@example.test", subject="Order\u2028shipped"): "U+2028",
+        insert_raw(engine, shop, "para@example.test", from_name="Shop\u2029Team"): "U+2029",
+        insert_raw(engine, shop, "nel@example.test", headers={"X-Ref": "a\x85b"}): "U+0085",
+    }
+    fine += [submit(engine, other, f"other{i}@example.test") for i in range(3)]
+    dispatcher = dispatcher_for(settings, engine, routes=f"example.test=127.0.0.1:{sim.port}")
+    assert await dispatcher.run_once() == 7, "one claimed batch"
+    for message_id, char in broken.items():
+        item = detail(engine, shop, message_id)
+        assert (item["status"], item["reason"], item["attempts"]) == ("failed", "contenterror", [])
+        assert char in item["detail"] and "could not be built" in item["detail"]
+    for message_id in fine:
+        owner = shop if message_id == fine[0] else other
+        assert detail(engine, owner, message_id)["status"] == "delivered"
+    assert sorted(r.rcpt_tos[0] for r in sim.received) == sorted(
+        ["before@example.test", "other0@example.test", "other1@example.test", "other2@example.test"]
+    )
+    assert await dispatcher.run_once() == 0, "nothing is claimed again"
 
 
 async def test_attachments_leave_storage_once_sent(
@@ -247,11 +331,11 @@ async def test_killed_worker_loses_nothing(
     env = os.environ | {
         "POSTWARDEN_DATABASE_URL": settings.database_url,
         "POSTWARDEN_SECRET_KEY": "k",
-        "POSTWARDEN_ROUTES": f"example.test=127.0.0.1:{sim.port}",
+        "POSTWARDEN_SMTP_ROUTES": f"example.test=127.0.0.1:{sim.port}",
         "POSTWARDEN_LEASE_SECONDS": "2",
         "POSTWARDEN_BATCH_SIZE": str(batch),
-        "POSTWARDEN_PER_DOMAIN_CONCURRENCY": "8",
-        "POSTWARDEN_MESSAGES_PER_CONNECTION": "5",
+        "POSTWARDEN_SMTP_PER_DOMAIN_CONCURRENCY": "8",
+        "POSTWARDEN_SMTP_MESSAGES_PER_CONNECTION": "5",
         "POSTWARDEN_POLL_INTERVAL": "0.1",
     }
     command = [sys.executable, "-c", "from postwarden.cli import app; app()", "worker"]
@@ -312,13 +396,14 @@ async def test_claims_respect_schedule_and_leases(
             .values(next_attempt_at=clock.now() + timedelta(hours=1))
         )
         first = queue.claim_batch(
-            conn, owner="a", limit=10, lease=timedelta(seconds=60), now=clock.now()
+            conn, channel="email", owner="a", limit=10, lease=timedelta(seconds=60), now=clock.now()
         )
         second = queue.claim_batch(
-            conn, owner="b", limit=10, lease=timedelta(seconds=60), now=clock.now()
+            conn, channel="email", owner="b", limit=10, lease=timedelta(seconds=60), now=clock.now()
         )
         expired = queue.claim_batch(
             conn,
+            channel="email",
             owner="c",
             limit=10,
             lease=timedelta(seconds=60),

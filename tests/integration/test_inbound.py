@@ -22,7 +22,7 @@ from postwarden.domain.status import Kind
 from postwarden.inbound.mail import apply, dsn, worker
 from postwarden.inbound.mail.server import InboundServer
 from postwarden.intake import accept, schemas
-from postwarden.outbound.channels.email.smtp import SMTPChannel, SMTPConfig
+from postwarden.outbound import registry
 from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.runtime import Parts
 from postwarden.service import running_inbound
@@ -764,12 +764,11 @@ async def test_late_bounce_from_simulator_end_to_end(
         async with Simulator(
             late_bounce_delay=0.3, bounce_target=("127.0.0.1", inbound.port)
         ) as sim:
-            channel = SMTPChannel(
-                SMTPConfig(
-                    routes={"example.test": ("127.0.0.1", sim.port)}, helo_name="postwarden.test"
-                )
+            routed = settings.smtp.model_copy(
+                update={"routes": {"example.test": ("127.0.0.1", sim.port)}}
             )
-            dispatcher = Dispatcher(engine, parts.settings, channel, parts.secret)
+            configured = parts.settings.model_copy(update={"smtp": routed})
+            dispatcher = Dispatcher(engine, configured, registry.channels(configured, parts.secret))
             try:
                 first = submit(engine, account, "latebounce-x@example.test")
                 assert await dispatcher.run_once() == 1
@@ -780,7 +779,7 @@ async def test_late_bounce_from_simulator_end_to_end(
 
                 await wait_for(bounced)
             finally:
-                await channel.aclose()
+                await dispatcher.aclose()
             assert sim.bounces and sim.bounces[0].error is None
     row = message(engine, first.id)
     assert row.status == "delivered"

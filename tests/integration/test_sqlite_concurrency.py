@@ -77,6 +77,7 @@ def test_concurrent_read_then_write_transactions(sqlite_engine: Engine) -> None:
                 with engine.begin() as conn:  # claim: read-then-write in one statement
                     claimed = queue.claim_batch(
                         conn,
+                        channel="email",
                         owner=f"w{n}",
                         limit=5,
                         lease=timedelta(seconds=60),

@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, update
 
-from postwarden import service
 from postwarden.domain import clock, links, tokens
 from postwarden.inbound import tracking
 from postwarden.intake import accept, schemas
+from postwarden.outbound import registry
 from postwarden.outbound.channels.email import tracking as email_tracking
 from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.settings import Settings
@@ -53,7 +53,12 @@ async def sim() -> AsyncIterator[Simulator]:
 @pytest.fixture
 def tsettings(settings: Settings, sim: Simulator) -> Settings:
     return settings.model_copy(
-        update={"tracking_base_url": BASE, "routes": f"example.test=127.0.0.1:{sim.port}"}
+        update={
+            "tracking_base_url": BASE,
+            "smtp": settings.smtp.model_copy(
+                update={"routes": {"example.test": ("127.0.0.1", sim.port)}}
+            ),
+        }
     )
 
 
@@ -95,12 +100,12 @@ def broadcast(
 
 
 async def deliver(tsettings: Settings, engine: Engine) -> None:
-    dispatcher = Dispatcher(engine, tsettings, service.smtp_channel(tsettings), SECRET)
+    dispatcher = Dispatcher(engine, tsettings, registry.channels(tsettings, SECRET))
     try:
         for _ in range(4):
             await dispatcher.run_once()
     finally:
-        await dispatcher.channel.aclose()
+        await dispatcher.aclose()
 
 
 def received(sim: Simulator, to: str) -> email.message.EmailMessage:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, update
 
-from postwarden import runtime, service
+from postwarden import runtime
 from postwarden.domain import clock
 from postwarden.domain.status import Kind
 from postwarden.intake import accept, schemas
@@ -65,6 +65,7 @@ def db_url() -> str:  # the browser tests run on SQLite only
 
 
 async def _deliver(settings: Settings, parts: runtime.Parts, account: accounts.Account) -> None:
+    from postwarden.outbound import registry
     from postwarden.outbound.dispatcher import Dispatcher
 
     with parts.engine.begin() as conn:
@@ -103,14 +104,13 @@ async def _deliver(settings: Settings, parts: runtime.Parts, account: accounts.A
             ),
             LIMITS,
         )
-    channel = service.smtp_channel(settings)
-    dispatcher = Dispatcher(parts.engine, settings, channel, parts.secret)
+    dispatcher = Dispatcher(parts.engine, settings, registry.channels(settings, parts.secret))
     try:
         for _ in range(3):
             await dispatcher.run_once()
             await asyncio.sleep(0.3)
     finally:
-        await channel.aclose()
+        await dispatcher.aclose()
 
 
 def _after_delivery(engine: Engine, account: accounts.Account) -> dict[str, int]:
@@ -238,14 +238,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             settings = Settings(
                 database_url=f"sqlite:///{path}",
                 secret_key="browser-test",
-                routes=f"example.test=127.0.0.1:{sim.port},corp.test=127.0.0.1:{sim.port},"
-                f"mail.test=127.0.0.1:{sim.port}",
-                dns_server=f"127.0.0.1:{sim.dns_port}",
+                smtp={
+                    "routes": f"example.test=127.0.0.1:{sim.port},corp.test=127.0.0.1:{sim.port},"
+                    f"mail.test=127.0.0.1:{sim.port}",
+                    "dns_server": f"127.0.0.1:{sim.dns_port}",
+                    "connect_timeout": 2,
+                    "command_timeout": 2,
+                    "data_timeout": 2,
+                },
                 min_backoff=30,
                 helo_name="pw.test",
-                connect_timeout=2,
-                command_timeout=2,
-                data_timeout=2,
                 default_bounce_domain="bounces.acme.test",
             )
             parts = runtime.open_parts(settings)

@@ -1,8 +1,10 @@
-"""The dispatcher: claim due messages, build them, hand them to the channel, record the replies.
+"""The dispatcher: claim due messages, have their channel build and send them, record verdicts.
 
-claim_batch -> compose (once per message) -> channel.send_many per destination domain ->
-classify each reply -> recorder.record (status machine, events, attempts, suppression).
-Database work runs in a thread so the event loop keeps serving SMTP conversations.
+Per channel (one lane each, keyed by ``messages.channel``): queue.claim_batch -> channel.build
+(once per message; a message that cannot be built is a verdict of its own) -> channel.send ->
+verdicts turned into facts -> recorder.record (status machine, events, suppression), with one
+attempt row per attempt. The dispatcher judges nothing about SMTP or SMS: verdicts arrive
+classified. Database work runs in threads so the event loop keeps serving the connections.
 """
 
 from __future__ import annotations
@@ -11,40 +13,47 @@ import asyncio
 import logging
 import os
 import socket
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Engine
 
-from postwarden.domain import addresses, classify, clock, verp
+from postwarden.domain import clock
 from postwarden.domain.status import Kind
-from postwarden.outbound.channels.base import AttemptResult, Channel, Outgoing
-from postwarden.outbound.channels.email import compose
-from postwarden.outbound.channels.email import tracking as email_tracking
+from postwarden.outbound.channels import base
 from postwarden.settings import Settings
-from postwarden.store import batch, db, queue, recorder, suppression
-from postwarden.store import tables as t
+from postwarden.store import db, outbox, queue, recorder, suppression
 
 log = logging.getLogger(__name__)
 
-_ATTEMPT_COLUMNS = (
-    "message_id",
-    "number",
-    "started_at",
-    "duration_ms",
-    "via",
-    "remote",
-    "outcome",
-    "code",
-    "enhanced",
-    "text",
-    "transcript",
-)
-
 WAKE_GATHER = 0.05
 """Seconds the dispatcher waits after a wake before claiming, to batch a stream of arrivals."""
+
+_KINDS = {
+    "sent": Kind.RELAYED,
+    "delivered": Kind.DELIVERED,
+    "bounced": Kind.BOUNCED,
+    "failed": Kind.FAILED,
+}
+
+Built = tuple[list[queue.Claimed], list[base.Outgoing[Any]], list[base.Verdict]]
+"""A claimed batch: the claims, what was built to send, and the verdicts of what could not be."""
+
+
+class Wake:
+    """What intake sets after accepting messages: wakes every lane (its own event each, so
+    that one lane clearing its event does not swallow another's wake-up)."""
+
+    def __init__(self, events: Sequence[asyncio.Event]) -> None:
+        self._events = events
+
+    def set(self) -> None:
+        for event in self._events:
+            event.set()
+
+    def is_set(self) -> bool:
+        return all(event.is_set() for event in self._events)
 
 
 class Dispatcher:
@@ -52,20 +61,50 @@ class Dispatcher:
         self,
         engine: Engine,
         settings: Settings,
-        channel: Channel,
-        secret: bytes,
+        channels: Mapping[str, base.Channel],
         *,
         owner: str | None = None,
     ) -> None:
+        owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        policy = suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
+        self.lanes = [
+            _Lane(engine, settings, name, channel, owner, policy)
+            for name, channel in channels.items()
+        ]
+        self.wake = Wake([lane.wake for lane in self.lanes])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, every channel at once (see :meth:`_Lane.run`)."""
+        await asyncio.gather(*(lane.run(stop) for lane in self.lanes))
+
+    async def run_once(self) -> int:
+        """One batch per channel, sent and recorded; return how many messages were claimed."""
+        return sum(await asyncio.gather(*(lane.run_once() for lane in self.lanes)))
+
+    async def aclose(self) -> None:
+        """Close the channels (once the dispatcher is done with them)."""
+        for lane in self.lanes:
+            await lane.channel.aclose()
+
+
+class _Lane:
+    """One channel's pipeline: its claims, its builds, its sends, its records."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        name: str,
+        channel: base.Channel,
+        owner: str,
+        policy: suppression.Policy,
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.name = name
         self.channel = channel
-        self.secret = secret
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
-        self.policy = suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
-        self.composer = compose.Composer()
-        self._contents: dict[int, compose.Content] = {}
-        self._bounce_domains: dict[int, str] = {}
+        self.owner = owner
+        self.policy = policy
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -75,7 +114,7 @@ class Dispatcher:
         the wire, the next one is claimed and built and the previous one is recorded (each in
         a thread). At most three batches are in hand at once: one recording, one sending, one
         claimed ahead. On stop, a batch claimed ahead is given back untouched."""
-        claiming: asyncio.Future[tuple[list[queue.Claimed], list[Outgoing]]] | None = None
+        claiming: asyncio.Future[Built] | None = None
         recording: asyncio.Future[None] | None = None
         try:
             while not stop.is_set():
@@ -83,7 +122,7 @@ class Dispatcher:
                     if claiming is None:
                         self.wake.clear()  # what is accepted from now on wakes us again
                         claiming = asyncio.ensure_future(asyncio.to_thread(self._claim_and_build))
-                    claimed, outgoing = await claiming
+                    claimed, outgoing, unbuilt = await claiming
                     claiming = None
                     if claimed:
                         # Claim ahead only when this batch was full: a short batch means the
@@ -95,11 +134,13 @@ class Dispatcher:
                             claiming = asyncio.ensure_future(
                                 asyncio.to_thread(self._claim_and_build)
                             )
-                        results = await self._send(outgoing)
+                        verdicts = await self._send(outgoing)
                         if recording is not None:
                             await recording
                         recording = asyncio.ensure_future(
-                            asyncio.to_thread(self._record, claimed, outgoing, results)
+                            asyncio.to_thread(
+                                self._record, claimed, outgoing, [*unbuilt, *verdicts]
+                            )
                         )
                         if full:
                             continue
@@ -113,7 +154,7 @@ class Dispatcher:
                         recording = None
                         continue
                 except Exception:
-                    log.exception("dispatch round failed; retrying")
+                    log.exception("%s dispatch round failed; retrying", self.name)
                     claiming = None
                     if recording is not None:
                         await asyncio.gather(recording, return_exceptions=True)
@@ -144,22 +185,15 @@ class Dispatcher:
                     await asyncio.to_thread(self._release, [c.id for c in ahead[0][0]])
 
     async def run_once(self) -> int:
-        """Claim one batch, send it, record it; return how many messages were attempted."""
-        claimed, outgoing = await asyncio.to_thread(self._claim_and_build)
+        claimed, outgoing, unbuilt = await asyncio.to_thread(self._claim_and_build)
         if not claimed:
             return 0
-        results = await self._send(outgoing)
-        await asyncio.to_thread(self._record, claimed, outgoing, results)
+        verdicts = await self._send(outgoing)
+        await asyncio.to_thread(self._record, claimed, outgoing, [*unbuilt, *verdicts])
         return len(claimed)
 
-    async def _send(self, outgoing: Sequence[Outgoing]) -> list[AttemptResult]:
-        by_domain: dict[str, list[Outgoing]] = defaultdict(list)
-        for item in outgoing:
-            by_domain[addresses.domain_of(item.rcpt)].append(item)
-        groups = await asyncio.gather(
-            *(self.channel.send_many(domain, batch) for domain, batch in by_domain.items())
-        )
-        return [result for group in groups for result in group]
+    async def _send(self, outgoing: Sequence[base.Outgoing[Any]]) -> list[base.Verdict]:
+        return await self.channel.send(outgoing) if outgoing else []
 
     def _release(self, ids: list[int]) -> None:
         """Give back messages claimed ahead and never sent (their attempt did not happen)."""
@@ -168,169 +202,115 @@ class Dispatcher:
 
     # -- database side (threads) ---------------------------------------------------------
 
-    def _claim_and_build(self) -> tuple[list[queue.Claimed], list[Outgoing]]:
-        now = clock.now()
-        # The write transaction only claims: reading what the batch needs and preparing it
+    def _claim_and_build(self) -> Built:
+        # The write transaction only claims: reading what the batch needs and building it
         # happen after it, so the SQLite write lock is free for the previous batch's record.
         with self.engine.begin() as conn:
             claimed = queue.claim_batch(
                 conn,
+                channel=self.name,
                 owner=self.owner,
                 limit=self.settings.batch_size,
                 lease=timedelta(seconds=self.settings.lease_seconds),
-                now=now,
+                now=clock.now(),
             )
         if not claimed:
-            return [], []
+            return [], [], []
         with db.reader(self.engine).connect() as conn:
-            ids = [c.id for c in claimed]
-            stored = dict(
-                conn.execute(
-                    select(t.bodies.c.message_id, t.bodies.c.raw).where(
-                        t.bodies.c.message_id.in_(ids)
-                    )
-                ).all()
-            )
-            self._load_contents(conn, {c.content_id for c in claimed if c.id not in stored})
-            self._load_domains(conn, {c.account_id for c in claimed})
-            files = self._attachments(
-                conn, [c.id for c in claimed if c.has_attachments and c.id not in stored]
-            )
-            new = [c for c in claimed if c.id not in stored]  # tracking: pixel, links, headers
-            tracked = email_tracking.prepare_batch(
-                conn, new, self._contents, self.settings, self.secret
-            )
-        outgoing = []
-        for c in claimed:
-            domain = self._bounce_domains[c.account_id]
-            token = verp.token(self.secret, c.id)
-            data = stored.get(c.id)
-            if data is None:
-                data = self.composer.build(
-                    content_id=c.content_id,
-                    content=self._contents[c.content_id],
-                    to=c.to_addr,
-                    token=token,
-                    message_id_domain=domain,
-                    attachments=files.get(c.id, ()),
-                    **tracked[c.id].build_args(),
-                )
-            outgoing.append(Outgoing(c.id, f"{verp.PREFIX}{token}@{domain}", c.to_addr, data))
-        return claimed, outgoing
-
-    def _load_contents(self, conn: Connection, ids: set[int]) -> None:
-        missing = ids - self._contents.keys()
-        if not missing:
-            return
-        if len(self._contents) > 10_000:
-            self._contents.clear()
-        for row in conn.execute(select(t.contents).where(t.contents.c.id.in_(missing))):
-            self._contents[row.id] = compose.Content(
-                row.from_addr, row.from_name, row.subject, row.text, row.html, row.headers or {}
-            )
-
-    def _load_domains(self, conn: Connection, ids: set[int]) -> None:
-        missing = ids - self._bounce_domains.keys()
-        if missing:
-            rows = conn.execute(
-                select(t.accounts.c.id, t.accounts.c.bounce_domain).where(
-                    t.accounts.c.id.in_(missing)
-                )
-            )
-            self._bounce_domains.update(dict(rows.all()))
-
-    def _attachments(self, conn: Connection, ids: list[int]) -> dict[int, list[compose.Attachment]]:
-        found: dict[int, list[compose.Attachment]] = defaultdict(list)
-        if ids:
-            for row in conn.execute(
-                select(t.attachments)
-                .where(t.attachments.c.message_id.in_(ids))
-                .order_by(t.attachments.c.id)
-            ):
-                found[row.message_id].append(
-                    compose.Attachment(row.filename, row.content_type, row.data or b"")
-                )
-        return found
+            built = self.channel.build(conn, claimed)
+        outgoing: list[base.Outgoing[Any]] = []
+        unbuilt: list[base.Verdict] = []
+        for item in built:
+            if isinstance(item, base.Verdict):
+                unbuilt.append(item)
+            else:
+                outgoing.append(item)
+        return claimed, outgoing, unbuilt
 
     def _record(
         self,
         claimed: Sequence[queue.Claimed],
-        outgoing: Sequence[Outgoing],
-        results: Sequence[AttemptResult],
+        outgoing: Sequence[base.Outgoing[Any]],
+        verdicts: Sequence[base.Verdict],
     ) -> None:
         now = clock.now()
         by_id = {c.id: c for c in claimed}
-        data_of = {o.message_id: o.data for o in outgoing}
+        keep_of = {o.message_id: o.keep for o in outgoing if o.keep is not None}
         facts: list[recorder.Fact] = []
         extra: dict[int, dict[str, Any]] = {}
-        attempt_rows: list[tuple[Any, ...]] = []
-        keep_bodies: list[dict[str, Any]] = []
-        when = batch.dialect_for(self.engine).when
-        for result in results:  # built before the transaction: its lock is held less long
-            c = by_id[result.message_id]
-            fact, next_at = self._judge(c, result, now)
+        attempts: list[outbox.Attempt] = []
+        keep: dict[int, bytes] = {}
+        for v in verdicts:  # built before the transaction: its lock is held less long
+            c = by_id.get(v.message_id)
+            if c is None:
+                log.error("%s channel judged message %d, not in its batch", self.name, v.message_id)
+                continue
+            fact, next_at = self._fact(c, v, now)
             facts.append(fact)
-            extra[c.id] = {"lease_until": None, "lease_owner": None, "next_attempt_at": next_at}
-            if next_at is not None and c.attempts == 1:
-                keep_bodies.append({"message_id": c.id, "raw": data_of[c.id]})
-            attempt_rows.append(
-                (
-                    c.id,
-                    c.attempts,
-                    when(result.started_at),
-                    result.duration_ms,
-                    result.via,
-                    result.remote,
-                    result.outcome,
-                    result.code,
-                    result.enhanced,
-                    result.text,
-                    result.transcript,
+            columns: dict[str, Any] = {
+                "lease_until": None,
+                "lease_owner": None,
+                "next_attempt_at": next_at,
+            }
+            if v.provider_message_id and len(v.provider_message_id) <= base.PROVIDER_ID_MAX:
+                columns["provider_message_id"] = v.provider_message_id
+            extra[c.id] = columns
+            if next_at is not None and c.id in keep_of:
+                keep[c.id] = keep_of[c.id]
+            ev = v.evidence
+            if ev is not None:
+                attempts.append(
+                    outbox.Attempt(
+                        c.id,
+                        c.attempts,
+                        ev.started_at,
+                        ev.duration_ms,
+                        ev.via,
+                        ev.remote,
+                        v.outcome,
+                        v.reply_code,
+                        v.code,
+                        v.detail,
+                        ev.transcript,
+                    )
                 )
+        if len(facts) < len(claimed):  # left to their lease, claimed again when it ends
+            log.error(
+                "%s channel gave no verdict on %d messages", self.name, len(claimed) - len(facts)
             )
         with self.engine.begin() as conn:
-            batch.dialect_of(conn).insert_many(
-                conn, "delivery_attempts", _ATTEMPT_COLUMNS, attempt_rows
-            )
-            if keep_bodies:
-                db.insert_ignore(conn, t.bodies, keep_bodies)
+            outbox.add_attempts(conn, attempts)
+            outbox.keep_bodies(conn, keep)
             recorder.record(conn, facts, policy=self.policy, extra=extra)
 
-    def _judge(
-        self, c: queue.Claimed, result: AttemptResult, now: datetime
+    def _fact(
+        self, c: queue.Claimed, v: base.Verdict, now: datetime
     ) -> tuple[recorder.Fact, datetime | None]:
-        """Turn one SMTP outcome into a fact, and the time of the next attempt if any."""
-        reply = " ".join(filter(None, [str(result.code or ""), result.text])).strip()
-        evidence = {"attempt": c.attempts, "remote": result.remote, "via": result.via}
+        """Turn one verdict into a fact, and the time of the next attempt if any."""
+        ev = v.evidence
+        data: dict[str, Any] = {"attempt": c.attempts}
+        if ev is not None:
+            data |= {"remote": ev.remote, "via": ev.via}
         common = {
-            "source": "smtp",
+            "source": self.channel.source,
             "occurred_at": now,
-            "data": evidence,
+            "data": data,
             "dedupe_key": f"attempt:{c.attempts}",
-            "detail": reply,
+            "detail": v.detail,
+            "code": v.code,
         }
-        if result.outcome == "accepted":
-            kind = Kind.RELAYED if result.via == "relay" else Kind.DELIVERED
-            return recorder.Fact(c.id, kind, code=result.enhanced, **common), None
-        verdict = classify.classify(result.text, status=result.enhanced, reply_code=result.code)
-        code = result.enhanced or (str(result.code) if result.code else None)
-        if result.outcome == "temporary":
-            delay = queue.backoff(
-                c.attempts,
-                minimum=self.settings.min_backoff,
-                maximum=self.settings.max_backoff,
-                retry_after=classify.retry_after(result.text),
-            )
-            if (now + delay - c.created_at).total_seconds() > self.settings.max_lifetime:
-                return recorder.Fact(
-                    c.id, Kind.EXPIRED, reason="expired", hard=False, code=code, **common
-                ), None
-            return recorder.Fact(
-                c.id, Kind.DEFERRED, reason=verdict.reason, hard=False, code=code, **common
-            ), now + delay
-        # Permanent. Without a reply from any server it is Postwarden's own refusal (a null
-        # MX, a domain that does not exist): failed, not bounced.
-        kind = Kind.FAILED if result.code is None else Kind.BOUNCED
+        if v.outcome != "deferred":
+            kind = _KINDS[v.outcome]
+            return recorder.Fact(c.id, kind, reason=v.reason, hard=v.hard, **common), None
+        delay = queue.backoff(
+            c.attempts,
+            minimum=self.settings.min_backoff,
+            maximum=self.settings.max_backoff,
+            retry_after=v.retry_after,
+        )
+        if (now + delay - c.created_at).total_seconds() > self.settings.max_lifetime:
+            # Retries ran out: the reason says so; the last attempt's words stay the detail.
+            return recorder.Fact(c.id, Kind.EXPIRED, reason="expired", hard=False, **common), None
         return recorder.Fact(
-            c.id, kind, reason=verdict.reason, hard=verdict.hard, code=code, **common
-        ), None
+            c.id, Kind.DEFERRED, reason=v.reason, hard=False, **common
+        ), now + delay

@@ -9,7 +9,7 @@ authoritative DNS responder (UDP) so the MX paths go through real dnspython:
 - each SERVFAIL domain -> SERVFAIL; anything else -> NXDOMAIN.
 
 MX records carry no port: point Postwarden at :attr:`Simulator.port` with ``routes`` (or with
-``mx_port`` and ``dns_nameserver=("127.0.0.1", sim.dns_port)``).
+``mx_port`` and ``dns_server=("127.0.0.1", sim.dns_port)``).
 
 Behaviour by the recipient's local part (prefix match, case-insensitive):
 

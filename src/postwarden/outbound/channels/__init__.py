@@ -1,8 +1,6 @@
-"""Outbound delivery channels.
-
-A channel takes messages that are already built (:class:`base.Outgoing`) and reports what the
-remote side said about each one (:class:`base.AttemptResult`). ``base`` holds the contract;
-``smtp`` is the SMTP implementation (relay or direct to MX).
+"""Outbound channels: ``base`` holds the contract (build -> :class:`base.Outgoing`, send ->
+:class:`base.Verdict`); ``email`` is email over SMTP; ``sms`` is SMS. The dispatcher knows no
+channel by name: ``postwarden.outbound.registry`` builds them from the settings.
 """
 
 from __future__ import annotations

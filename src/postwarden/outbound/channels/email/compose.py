@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,10 +40,23 @@ class Attachment:
     data: bytes
 
 
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+"""What ``str.splitlines`` ends a line at, and so the email package refuses in a header."""
+
+
 def _header_bytes(name: str, value: str) -> bytes:
+    """One header, folded; a ValueError naming the header and the character when it cannot be
+    written (the message is then the only one that fails: see the email channel's build)."""
     if value.isascii() and len(value) < 900 and "\n" not in value and "\r" not in value:
         return f"{name}: {value}\r\n".encode("ascii")  # nothing to encode or fold
-    return _POLICY.fold_binary(*_POLICY.header_store_parse(name, value))
+    try:
+        return _POLICY.fold_binary(*_POLICY.header_store_parse(name, value))
+    except Exception as exc:
+        brk = next((ch for ch in value if ch in _LINE_BREAKS), None)
+        if brk is not None:
+            what = f"U+{ord(brk):04X} ({unicodedata.name(brk, 'a control character')})"
+            raise ValueError(f"the {name} header holds {what}, a line break") from exc
+        raise ValueError(f"the {name} header cannot be encoded: {exc}") from exc
 
 
 def _mailbox(name: str, addr: str) -> str:

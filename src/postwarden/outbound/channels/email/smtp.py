@@ -1,9 +1,12 @@
-"""SMTP channel: through a relay (smarthost) or directly to the recipient domain's MX.
+"""The email channel's SMTP client: through a relay (smarthost) or directly to each recipient
+domain's MX, one :class:`Attempt` per message. The email channel judges them
+(:func:`postwarden.outbound.channels.email.channel.judge`).
 
-Every command and reply of an attempt goes into :attr:`base.AttemptResult.transcript`, so
-aiosmtplib's low-level methods are used (``connect``/``ehlo``/``starttls``/``auth_*``/``mail``/
-``rcpt``/``data``/``quit``) instead of ``sendmail``. aiosmtplib exceptions are mapped to outcomes
-here and nowhere else:
+Messages are grouped by next hop (the relay, or the recipient's domain); each hop gets up to
+``per_domain_concurrency`` connections. Every command and reply of an attempt goes into
+:attr:`Attempt.transcript`, so aiosmtplib's low-level methods are used (``connect``/``ehlo``/
+``starttls``/``auth_*``/``mail``/``rcpt``/``data``/``quit``) instead of ``sendmail``. aiosmtplib
+exceptions are mapped to outcomes here and nowhere else:
 
 - 2xx -> ``accepted``; 4xx -> ``temporary``; 5xx -> ``permanent``; anything else -> ``temporary``;
 - no reply (timeout, refused or dropped connection, TLS failure) -> ``temporary`` with ``code``
@@ -20,18 +23,16 @@ fresh connection. A 421 reply means the server is closing: the rest are ``tempor
 from __future__ import annotations
 
 import asyncio
-import collections
 import ipaddress
 import random
 import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, Literal, TypeVar
 
 import aiosmtplib
 import dns.asyncresolver
@@ -40,13 +41,16 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from postwarden import settings
+from postwarden.domain import addresses
 from postwarden.outbound.channels import base
+from postwarden.outbound.channels.email import pipelining
 
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 _LONE_CR = re.compile(rb"\r(?!\n)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
-__all__ = ["SMTPChannel", "SMTPConfig"]
+__all__ = ["Attempt", "Mail", "SMTPSender"]
 
 T = TypeVar("T")
 
@@ -54,37 +58,38 @@ _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _NEGATIVE_TTL = 60.0  # how long NXDOMAIN / null MX answers are cached at most
 
 
-@dataclass(frozen=True)
-class SMTPConfig:
-    """How to reach recipients. Every field has a working default for direct-to-MX delivery."""
+Outcome = Literal["accepted", "temporary", "permanent"]
+Via = Literal["relay", "mx"]
 
-    relay: str | None = None  # "smtp://user:pass@host:port" or "smtps://..."; None = direct to MX
-    # Transport map: recipient domain -> (host, port) used as its MX; a key starting with "."
-    # matches subdomains (like Postfix transport_maps). Routes bypass DNS.
-    routes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    helo_name: str = field(default_factory=socket.getfqdn)
-    dns_nameserver: tuple[str, int] | None = None  # resolve MX through this server only
-    connect_timeout: float = 10  # TCP connect + greeting
-    command_timeout: float = 30  # EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT
-    data_timeout: float = 120  # each reply of DATA (the 354 and the final one)
-    per_domain_concurrency: int = 4
-    messages_per_connection: int = 100
-    tls_verify: bool = False  # verify MX certificates; False = opportunistic STARTTLS
-    relay_tls_verify: bool = True  # verify the relay's certificate
-    tls_ca_file: str | None = None  # extra CA bundle for verification (private relay CA)
-    mx_port: int = 25  # port used for hosts found in DNS (tests and demos change it)
-    dns_timeout: float = 5
-    mx_cache_ttl: float = 300  # upper bound for caching an MX answer (the record TTL wins)
-    max_mx_attempts: int = 5  # addresses tried per connection before giving up
+RELAY = ""
+"""The next hop of every message when a relay is configured (see :meth:`SMTPSender.next_hop`)."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Relay:
-    host: str
-    port: int
-    implicit_tls: bool
-    username: str | None
-    password: str
+class Mail:
+    """The email channel's payload (:attr:`base.Outgoing.payload`)."""
+
+    mail_from: str  # per-message VERP return path, e.g. "b+Xy12ab@bounce.example.com"
+    data: bytes  # the whole RFC 5322 message, CRLF line endings
+
+
+Email = base.Outgoing[Mail]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What became of one delivery attempt of one message, as SMTP saw it."""
+
+    message_id: int
+    outcome: Outcome
+    code: int | None  # SMTP reply code that decided it; None when there was no reply
+    enhanced: str | None  # "5.1.1" parsed from the reply, if any
+    text: str  # reply text, or a plain description of the network error
+    remote: str | None  # "host:port" actually talked to
+    via: Via  # relay -> 2xx means "sent"; mx -> 2xx means "delivered"
+    transcript: str  # the SMTP conversation; never the body, never an AUTH secret
+    started_at: datetime  # aware UTC
+    duration_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,7 @@ class _Target:
 class _Undeliverable:
     """A decision reached without talking SMTP (DNS said no, or no host answered)."""
 
-    outcome: base.Outcome
+    outcome: Outcome
     enhanced: str | None
     text: str
     code: int | None = None
@@ -122,22 +127,7 @@ class _Failure(Exception):
         self.alive = alive  # the connection can still be used
 
 
-def parse_relay(url: str) -> _Relay:
-    """Parse ``smtp://user:pass@host:port`` (default port 587) or ``smtps://`` (465)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ValueError(f"relay must look like smtp://user:pass@host:port, not {url!r}")
-    implicit = parts.scheme == "smtps"
-    return _Relay(
-        host=parts.hostname,
-        port=parts.port or (465 if implicit else 587),
-        implicit_tls=implicit,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password or ""),
-    )
-
-
-def _outcome(code: int | None) -> base.Outcome:
+def _outcome(code: int | None) -> Outcome:
     if code is not None and 200 <= code < 300:
         return "accepted"
     if code is not None and 500 <= code < 600:
@@ -186,18 +176,11 @@ def _data_section(data: bytes) -> bytes:
     return data.replace(b"\n.", b"\n..") + b".\r\n"
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 def _first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
-def _pieces(
-    batch: Sequence[base.Outgoing], size: int, concurrency: int
-) -> list[Sequence[base.Outgoing]]:
+def _pieces(batch: Sequence[Email], size: int, concurrency: int) -> list[Sequence[Email]]:
     """Split a batch into connections' pieces of at most ``size`` messages, of even sizes and
     in a whole number of rounds of ``concurrency`` connections: 500 messages, 100 a connection
     and 4 at once make 8 pieces of 62 or 63 (two full rounds), not 5 of 100 whose last one
@@ -207,7 +190,7 @@ def _pieces(
         count = -(-count // concurrency) * concurrency
     count = min(max(count, 1), len(batch))
     step, extra = divmod(len(batch), count)
-    pieces: list[Sequence[base.Outgoing]] = []
+    pieces: list[Sequence[Email]] = []
     start = 0
     for i in range(count):
         end = start + step + (1 if i < extra else 0)
@@ -216,95 +199,13 @@ def _pieces(
     return pieces
 
 
-class _Replies(asyncio.Protocol):
-    """Reads SMTP replies off a transport taken over from aiosmtplib after the session is set
-    up, so that commands can be pipelined (RFC 2920): aiosmtplib waits for one reply per
-    command and drops replies that arrive early."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.loop = asyncio.get_running_loop()
-        self.buffer = bytearray()
-        self.lines: list[str] = []
-        self.replies: collections.deque[tuple[int, str]] = collections.deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.lost: BaseException | None = None
-        transport.set_protocol(self)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        start = 0
-        while (end := buffer.find(b"\n", start)) != -1:
-            line = bytes(buffer[start : end + 1])
-            start = end + 1
-            text = line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape")
-            self.lines.append(text)
-            if line[3:4] != b"-":
-                try:
-                    code = int(line[:3])
-                except ValueError:
-                    code = -1
-                self.replies.append((code, "\n".join(self.lines)))
-                self.lines = []
-        if start:
-            del buffer[:start]
-        if len(buffer) > 65536:
-            self.connection_lost(ConnectionError("reply line too long"))
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.connection_lost(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.lost is None:
-            self.lost = exc or ConnectionResetError("the server closed the connection")
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def write(self, data: bytes) -> None:
-        if self.lost is not None or self.transport.is_closing():
-            raise ConnectionResetError("the connection is closed")
-        self.transport.write(data)
-
-    async def read(self, timeout: float) -> tuple[int, str]:
-        """The next reply within ``timeout`` seconds; raises TimeoutError, or ConnectionError
-        when the connection is gone.
-
-        A reply already received is returned without arming a timer, and a wait arms one
-        plain timer handle rather than an ``asyncio.timeout`` scope: this runs for every
-        reply of every message sent."""
-        deadline = None
-        while not self.replies:
-            if self.lost is not None:
-                raise ConnectionResetError(str(self.lost))
-            loop = self.loop
-            if deadline is None:
-                deadline = loop.time() + timeout
-            waiter = self.waiter = loop.create_future()
-            timer = loop.call_at(deadline, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self.waiter = None
-        code, text = self.replies.popleft()
-        if code < 0:
-            raise ConnectionResetError(f"malformed reply: {text[:80]}")
-        return code, text
-
-
 class _Session:
     """One SMTP connection and its transcript."""
 
-    def __init__(self, channel: SMTPChannel, target: _Target, *, tls: bool) -> None:
+    def __init__(self, channel: SMTPSender, target: _Target, *, tls: bool) -> None:
         self.channel = channel
         self.config = channel.config
+        self.helo_name = channel.helo_name
         self.target = target
         self.remote = target.remote
         self.try_tls = tls
@@ -317,27 +218,25 @@ class _Session:
         self.client = aiosmtplib.SMTP(
             hostname=target.address,
             port=target.port,
-            local_hostname=self.config.helo_name,
+            local_hostname=channel.helo_name,
             timeout=self.config.command_timeout,
             use_tls=implicit,
             start_tls=False,
             tls_context=channel.tls_context(relay=relay is not None) if implicit else None,
         )
         self.prefix = ""
-        self.pipe: _Replies | None = None
+        self.pipe: pipelining.Replies | None = None
         # The next transaction's MAIL, RCPT and DATA, written after the previous message's
         # body in the same write (RFC 2920 allows the end of data to start a group): the
         # message they are for, and its transcript lines so far.
-        self.ahead_for: base.Outgoing | None = None
+        self.ahead_for: Email | None = None
         self.ahead_lines: list[str] = []
 
     def pipeline(self) -> None:
-        """Take the transport over for pipelined transactions when the server offers
+        """Take the connection over for pipelined transactions when the server offers
         PIPELINING (after greeting, STARTTLS, EHLO and AUTH went through aiosmtplib)."""
-        client = self.client
-        transport = client.transport
-        if client.supports_extension("pipelining") and hasattr(transport, "set_protocol"):
-            self.pipe = _Replies(transport)  # type: ignore[arg-type]
+        if self.client.supports_extension("pipelining"):
+            self.pipe = pipelining.take_over(self.client)
 
     def log(self, lines: list[str], text: str) -> None:
         lines.append(f"{_now()} {text}\n")
@@ -457,10 +356,10 @@ class _Session:
                 raise _Failure(None, text, alive=False)
             if "plain" in methods or "login" not in methods:
                 label = "AUTH PLAIN ****"
-                aw = client.auth_plain(relay.username, relay.password)
+                aw = client.auth_plain(relay.username, relay.password.get_secret_value())
             else:
                 label = "AUTH LOGIN ****"
-                aw = client.auth_login(relay.username, relay.password)
+                aw = client.auth_login(relay.username, relay.password.get_secret_value())
             try:
                 await self.exchange(lines, label, aw, what="AUTH", timeout=cfg.command_timeout)
             except _Failure as exc:
@@ -475,7 +374,7 @@ class _Session:
         try:
             await self.exchange(
                 self.lines,
-                f"EHLO {cfg.helo_name}",
+                f"EHLO {self.helo_name}",
                 client.ehlo(timeout=cfg.command_timeout),
                 what="EHLO",
                 timeout=cfg.command_timeout,
@@ -485,15 +384,15 @@ class _Session:
                 raise
             await self.exchange(
                 self.lines,
-                f"HELO {cfg.helo_name}",
+                f"HELO {self.helo_name}",
                 client.helo(timeout=cfg.command_timeout),
                 what="HELO",
                 timeout=cfg.command_timeout,
             )
 
     async def send(
-        self, out: base.Outgoing, next_out: base.Outgoing | None = None
-    ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
+        self, out: Email, next_out: Email | None = None
+    ) -> tuple[Outcome, int | None, str | None, str, list[str], bool]:
         """One transaction. Returns (outcome, code, enhanced, text, lines, connection alive).
 
         On a pipelining connection, ``next_out`` (the message to send after this one) has its
@@ -510,26 +409,27 @@ class _Session:
         ct = cfg.command_timeout
         options: list[str] = []
         encoding = "ascii"
+        mail_from, rcpt_to, data = out.payload.mail_from, out.to, out.payload.data
         if "size" in client.esmtp_extensions:
-            options.append(f"SIZE={len(out.data)}")
-        if not out.data.isascii() and "8bitmime" in client.esmtp_extensions:
+            options.append(f"SIZE={len(data)}")
+        if not data.isascii() and "8bitmime" in client.esmtp_extensions:
             options.append("BODY=8BITMIME")
-        if not (out.mail_from.isascii() and out.rcpt.isascii()):
+        if not (mail_from.isascii() and rcpt_to.isascii()):
             if "smtputf8" not in client.esmtp_extensions:
                 text = f"the address is not ASCII and {self.remote} does not offer SMTPUTF8"
                 self.log(lines, f"error: {text}")
                 return "permanent", None, "5.6.7", text, lines, True
             options.append("SMTPUTF8")
             encoding = "utf-8"
-        mail = f"MAIL FROM:<{out.mail_from}>"
+        mail = f"MAIL FROM:<{mail_from}>"
         if options:
             mail += " " + " ".join(options)
         if self.pipe is not None:
-            if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
+            if _UNSAFE.search(mail_from) or _UNSAFE.search(rcpt_to):
                 text = "cannot send MAIL FROM: Command arg contains a prohibited control character"
                 self.log(lines, f"error: {text}")
                 return "temporary", None, None, text, lines, True
-            rcpt = f"RCPT TO:<{out.rcpt}>"
+            rcpt = f"RCPT TO:<{rcpt_to}>"
             ts = _now()
             lines.append(f"{ts} C: {mail}\n{ts} C: {rcpt}\n{ts} C: DATA\n")
             try:
@@ -541,23 +441,23 @@ class _Session:
             await self.exchange(
                 lines,
                 mail,
-                client.mail(out.mail_from, options=options, encoding=encoding, timeout=ct),
+                client.mail(mail_from, options=options, encoding=encoding, timeout=ct),
                 what="MAIL FROM",
                 timeout=ct,
             )
             await self.exchange(
                 lines,
-                f"RCPT TO:<{out.rcpt}>",
-                client.rcpt(out.rcpt, encoding=encoding, timeout=ct),
+                f"RCPT TO:<{rcpt_to}>",
+                client.rcpt(rcpt_to, encoding=encoding, timeout=ct),
                 what="RCPT TO",
                 timeout=ct,
             )
             self.log(lines, "C: DATA")
-            self.log(lines, f"C: <message {len(out.data)} bytes>")
+            self.log(lines, f"C: <message {len(data)} bytes>")
             resp = await self.exchange(
                 lines,
                 None,
-                client.data(out.data, timeout=cfg.data_timeout),
+                client.data(data, timeout=cfg.data_timeout),
                 what="DATA",
                 timeout=cfg.data_timeout,
             )
@@ -614,23 +514,24 @@ class _Session:
             self.log(lines, f"error: {text} ({exc})")
             raise _Failure(None, text, alive=False) from None
 
-    def _ahead(self, out: base.Outgoing) -> tuple[bytes, str] | None:
+    def _ahead(self, out: Email) -> tuple[bytes, str] | None:
         """The commands of ``out``'s transaction and their transcript text, when they can be
         written ahead (plain ASCII, nothing send() would refuse before writing)."""
         client = self.client
-        if not (out.mail_from.isascii() and out.rcpt.isascii()):
+        mail_from, rcpt_to, data = out.payload.mail_from, out.to, out.payload.data
+        if not (mail_from.isascii() and rcpt_to.isascii()):
             return None
-        if _UNSAFE.search(out.mail_from) or _UNSAFE.search(out.rcpt):
+        if _UNSAFE.search(mail_from) or _UNSAFE.search(rcpt_to):
             return None
-        mail = f"MAIL FROM:<{out.mail_from}>"
+        mail = f"MAIL FROM:<{mail_from}>"
         options = []
         if "size" in client.esmtp_extensions:
-            options.append(f"SIZE={len(out.data)}")
-        if not out.data.isascii() and "8bitmime" in client.esmtp_extensions:
+            options.append(f"SIZE={len(data)}")
+        if not data.isascii() and "8bitmime" in client.esmtp_extensions:
             options.append("BODY=8BITMIME")
         if options:
             mail += " " + " ".join(options)
-        rcpt = f"RCPT TO:<{out.rcpt}>"
+        rcpt = f"RCPT TO:<{rcpt_to}>"
         ts = _now()
         return (
             f"{mail}\r\n{rcpt}\r\nDATA\r\n".encode("ascii"),
@@ -639,12 +540,12 @@ class _Session:
 
     async def _send_pipelined(
         self,
-        out: base.Outgoing,
+        out: Email,
         lines: list[str],
-        next_out: base.Outgoing | None,
+        next_out: Email | None,
         *,
         sent: bool,
-    ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
+    ) -> tuple[Outcome, int | None, str | None, str, list[str], bool]:
         """MAIL, RCPT and DATA already written in one write; the body goes in a second, with
         the next transaction's commands after it: one round trip per message."""
         assert sent
@@ -663,8 +564,9 @@ class _Session:
                     failure = _Failure(code, text, alive=code != 421)
                     break
             if failure is None:
-                data = _data_section(out.data)
-                self.log(lines, f"C: <message {len(out.data)} bytes>")
+                body = out.payload.data
+                data = _data_section(body)
+                self.log(lines, f"C: <message {len(body)} bytes>")
                 ahead = self._ahead(next_out) if next_out is not None else None
                 if ahead is not None:
                     data += ahead[0]
@@ -690,7 +592,7 @@ class _Session:
 
     async def _failed(
         self, failure: _Failure, lines: list[str], *, rset: bool
-    ) -> tuple[base.Outcome, int | None, str | None, str, list[str], bool]:
+    ) -> tuple[Outcome, int | None, str | None, str, list[str], bool]:
         outcome = _outcome(failure.code)
         if outcome == "accepted":
             outcome = "temporary"
@@ -733,17 +635,15 @@ class _Session:
         self.client.close()
 
 
-class SMTPChannel:
+class SMTPSender:
     """Send built messages over SMTP (see the module docstring for the outcome rules)."""
 
-    name = "smtp"
-
-    def __init__(self, config: SMTPConfig | None = None) -> None:
-        self.config = config = config or SMTPConfig()
-        if config.per_domain_concurrency < 1 or config.messages_per_connection < 1:
-            raise ValueError("per_domain_concurrency and messages_per_connection must be >= 1")
-        self.relay = parse_relay(config.relay) if config.relay else None
-        self._routes = {k.lower().rstrip("."): v for k, v in config.routes.items()}
+    def __init__(self, config: settings.SMTPSettings, *, helo_name: str | None = None) -> None:
+        self.config = config
+        self.helo_name = helo_name or socket.getfqdn()
+        self.relay = config.relay
+        self.via: Via = "relay" if config.relay is not None else "mx"
+        self._routes = config.routes
         self._tls: dict[bool, ssl.SSLContext] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._mx_cache: dict[str, tuple[float, list[_Target] | _Undeliverable]] = {}
@@ -753,14 +653,37 @@ class SMTPChannel:
 
     # region public API
 
-    async def send_many(
-        self, domain: str, batch: Sequence[base.Outgoing]
-    ) -> list[base.AttemptResult]:
-        """Send ``batch`` (all for recipient ``domain``); one result per item, same order."""
+    def next_hop(self, rcpt: str) -> str:
+        """Where a message goes next: :data:`RELAY`, or its recipient's domain."""
+        if self.relay is not None:
+            return RELAY
+        return addresses.domain_of(rcpt).lower().rstrip(".")
+
+    async def send(self, batch: Sequence[Email]) -> list[Attempt]:
+        """Send ``batch`` grouped by next hop, the hops at once; one result per item, in the
+        same order."""
+        hops: dict[str, list[int]] = {}
+        next_hop = self.next_hop
+        for i, out in enumerate(batch):
+            hops.setdefault(next_hop(out.to), []).append(i)
+        if len(hops) == 1:
+            ((hop, _),) = hops.items()
+            return await self.send_many(hop, batch)
+        done = await asyncio.gather(
+            *(self.send_many(hop, [batch[i] for i in at]) for hop, at in hops.items())
+        )
+        placed: dict[int, Attempt] = {}
+        for at, attempts in zip(hops.values(), done, strict=True):
+            placed.update(zip(at, attempts, strict=True))
+        return [placed[i] for i in range(len(batch))]
+
+    async def send_many(self, hop: str, batch: Sequence[Email]) -> list[Attempt]:
+        """Send ``batch`` (all for next hop ``hop``: see :meth:`next_hop`); one result per item,
+        same order. The hop's connections are shared by every call for it at the time."""
         if not batch:
             return []
-        domain = domain.lower().rstrip(".")
-        via: base.Via = "relay" if self.relay is not None else "mx"
+        domain = hop
+        via = self.via
         if self.relay is not None:
             relay = self.relay
             plan: list[_Target] | _Undeliverable = [_Target(relay.host, relay.host, relay.port)]
@@ -778,7 +701,7 @@ class SMTPChannel:
         slot[1] += 1
         sem: asyncio.Semaphore = slot[0]
 
-        async def run(piece: Sequence[base.Outgoing]) -> list[base.AttemptResult]:
+        async def run(piece: Sequence[Email]) -> list[Attempt]:
             async with sem:
                 return await self._deliver(piece, plan, via)
 
@@ -793,7 +716,7 @@ class SMTPChannel:
                 del self._slots[domain]
 
     async def aclose(self) -> None:
-        """Forget cached DNS answers; connections never outlive ``send_many``."""
+        """Forget cached DNS answers; connections never outlive :meth:`send_many`."""
         for task in self._mx_inflight.values():
             task.cancel()
         self._mx_inflight.clear()
@@ -814,13 +737,13 @@ class SMTPChannel:
 
     def _decided(
         self,
-        out: base.Outgoing,
+        out: Email,
         decision: _Undeliverable,
-        via: base.Via,
+        via: Via,
         started: datetime,
         duration_ms: int,
-    ) -> base.AttemptResult:
-        return base.AttemptResult(
+    ) -> Attempt:
+        return Attempt(
             message_id=out.message_id,
             outcome=decision.outcome,
             code=decision.code,
@@ -866,10 +789,10 @@ class SMTPChannel:
         )
 
     async def _deliver(
-        self, piece: Sequence[base.Outgoing], targets: list[_Target], via: base.Via
-    ) -> list[base.AttemptResult]:
+        self, piece: Sequence[Email], targets: list[_Target], via: Via
+    ) -> list[Attempt]:
         """Send one piece over one connection (plus one fresh connection if it breaks)."""
-        results: list[base.AttemptResult | None] = [None] * len(piece)
+        results: list[Attempt | None] = [None] * len(piece)
         pending = list(range(len(piece)))
         fresh_connection_used = False
         while pending:
@@ -908,10 +831,10 @@ class SMTPChannel:
     async def _run_session(
         self,
         session: _Session,
-        piece: Sequence[base.Outgoing],
+        piece: Sequence[Email],
         pending: list[int],
-        results: list[base.AttemptResult | None],
-        via: base.Via,
+        results: list[Attempt | None],
+        via: Via,
         t0: float,
     ) -> tuple[list[int], _Failure | None]:
         """Run transactions until done or the connection breaks; returns what is left."""
@@ -946,9 +869,9 @@ class SMTPChannel:
         return rest, stop
 
     @staticmethod
-    def _result(prefix: str, lines: list[str], fields: tuple[Any, ...]) -> base.AttemptResult:
+    def _result(prefix: str, lines: list[str], fields: tuple[Any, ...]) -> Attempt:
         message_id, outcome, code, enhanced, text, remote, via, started, ms = fields
-        return base.AttemptResult(
+        return Attempt(
             message_id=message_id,
             outcome=outcome,
             code=code,
@@ -997,7 +920,7 @@ class SMTPChannel:
 
     def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
-            ns = self.config.dns_nameserver
+            ns = self.config.dns_server
             if ns is not None:
                 resolver = dns.asyncresolver.Resolver(configure=False)
                 resolver.nameservers = [dns.nameserver.Do53Nameserver(ns[0], ns[1])]
@@ -1047,8 +970,8 @@ class SMTPChannel:
         lookups = await asyncio.gather(*(self._addresses(h) for h in hosts))
         targets: list[_Target] = []
         trouble: Exception | None = None
-        for host, (addresses, error) in zip(hosts, lookups, strict=True):
-            targets.extend(_Target(host, a, self.config.mx_port) for a in addresses)
+        for host, (found, error) in zip(hosts, lookups, strict=True):
+            targets.extend(_Target(host, a, self.config.mx_port) for a in found)
             trouble = trouble or error
         if not targets:
             if trouble is not None:
@@ -1065,9 +988,9 @@ class SMTPChannel:
         self, domain: str, transcript: str
     ) -> tuple[list[_Target] | _Undeliverable, float]:
         """RFC 5321 5.1: no MX records -> the domain's own address records."""
-        addresses, error = await self._addresses(domain)
-        if addresses:
-            return [_Target(domain, a, self.config.mx_port) for a in addresses], min(
+        found, error = await self._addresses(domain)
+        if found:
+            return [_Target(domain, a, self.config.mx_port) for a in found], min(
                 _NEGATIVE_TTL, self.config.mx_cache_ttl
             )
         if error is not None:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import Connection, select
 
 from postwarden.domain import links, tokens
 from postwarden.outbound.channels.email import compose
 from postwarden.settings import Settings
-from postwarden.store import tables as t
+from postwarden.store import queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,33 +141,24 @@ def prepare(
     return Prepared(html, text, headers)
 
 
-def prepare_batch(
-    conn: Connection,
-    claimed: Sequence[Any],
-    contents: dict[int, compose.Content],
+def prepare_claimed(
+    claimed: queue.Claimed,
+    content: compose.Content,
+    *,
+    account_tracks: Mapping[int, bool],
     settings: Settings,
     secret: bytes,
-) -> dict[int, Prepared]:
-    """``prepare`` for each claimed message (``queue.Claimed``) about to be built: one query
-    for the accounts' tracking setting, where a message does not decide for itself."""
-    undecided = {c.account_id for c in claimed if c.track is None}
-    account_tracks: dict[int, bool] = {}
-    if undecided:
-        account_tracks = dict(
-            conn.execute(
-                select(t.accounts.c.id, t.accounts.c.tracking).where(t.accounts.c.id.in_(undecided))
-            ).all()
-        )
-    return {
-        c.id: prepare(
-            settings=settings,
-            secret=secret,
-            message_id=c.id,
-            content_id=c.content_id,
-            content=contents[c.content_id],
-            track=c.track if c.track is not None else account_tracks.get(c.account_id, True),
-            broadcast_id=c.broadcast_id,
-            category=c.category,
-        )
-        for c in claimed
-    }
+) -> Prepared:
+    """``prepare`` for a claimed message about to be built: the message decides whether it is
+    tracked, else its account (``account_tracks``; tracked when unknown)."""
+    track = claimed.track
+    return prepare(
+        settings=settings,
+        secret=secret,
+        message_id=claimed.id,
+        content_id=claimed.content_id,
+        content=content,
+        track=track if track is not None else account_tracks.get(claimed.account_id, True),
+        broadcast_id=claimed.broadcast_id,
+        category=claimed.category,
+    )
