@@ -69,7 +69,7 @@ def test_api_processes_share_the_port_and_wake_the_dispatcher(
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTWARDEN_")} | {
         "POSTWARDEN_DATABASE_URL": url,
         "POSTWARDEN_SECRET_KEY": "test-secret",
-        "POSTWARDEN_ROUTES": f"example.test=127.0.0.1:{sink_port}",
+        "POSTWARDEN_SMTP_ROUTES": f"example.test=127.0.0.1:{sink_port}",
         "POSTWARDEN_INBOUND_PORT": str(_free_port()),
         "POSTWARDEN_POLL_INTERVAL": "60",  # only a wake-up can make it deliver in time
     }
