@@ -26,6 +26,10 @@ from postwarden.outbound.channels import base
 from postwarden.store import queue
 
 _RULE = re.compile(r"^(sent|deferred|bounced|soft|failed|unbuildable)(\d*)(?:-|@|$)")
+_BOUNCES = {
+    "bounced": ("userunknown", True, "5.1.1", "550 5.1.1 no such user"),
+    "soft": ("mailboxfull", False, "5.2.2", "552 5.2.2 mailbox full"),
+}
 
 
 class FakeChannel:
@@ -77,26 +81,16 @@ class FakeChannel:
                 retry_after=float(number) if number else None,
                 evidence=evidence,
             )
-        if rule == "bounced":
+        if rule in _BOUNCES:
+            reason, hard, code, words = _BOUNCES[rule]
             return base.Verdict(
                 mid,
                 "bounced",
-                reason="userunknown",
-                hard=True,
-                code="5.1.1",
-                reply_code=550,
-                detail="550 5.1.1 no such user",
-                evidence=evidence,
-            )
-        if rule == "soft":
-            return base.Verdict(
-                mid,
-                "bounced",
-                reason="mailboxfull",
-                hard=False,
-                code="5.2.2",
-                reply_code=552,
-                detail="552 5.2.2 mailbox full",
+                reason=reason,
+                hard=hard,
+                code=code,
+                reply_code=int(words[:3]),
+                detail=words,
                 evidence=evidence,
             )
         if rule == "failed":

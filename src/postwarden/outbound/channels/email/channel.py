@@ -145,22 +145,14 @@ def judge(a: smtp.Attempt) -> base.Verdict:
     evidence = base.Evidence(a.started_at, a.duration_ms, a.via, a.remote, a.transcript)
     detail = f"{a.code} {a.text}" if a.code else a.text
     if a.outcome == "accepted":
-        if a.via == "relay":
-            return base.Verdict(
-                a.message_id,
-                "sent",
-                code=a.enhanced,
-                reply_code=a.code,
-                detail=detail,
-                provider_message_id=queue_id(a.text),
-                evidence=evidence,
-            )
+        relayed = a.via == "relay"
         return base.Verdict(
             a.message_id,
-            "delivered",
+            "sent" if relayed else "delivered",
             code=a.enhanced,
             reply_code=a.code,
             detail=detail,
+            provider_message_id=queue_id(a.text) if relayed else None,
             evidence=evidence,
         )
     code = a.enhanced or (str(a.code) if a.code else None)
