@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from postwarden.domain import links, tokens
 from postwarden.outbound.channels.email import compose
 from postwarden.settings import Settings
-from postwarden.store import tables as t
+from postwarden.store import accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +152,7 @@ def prepare_batch(
 ) -> dict[int, Prepared]:
     """``prepare`` for each claimed message (``queue.Claimed``) about to be built: one query
     for the accounts' tracking setting, where a message does not decide for itself."""
-    undecided = {c.account_id for c in claimed if c.track is None}
-    account_tracks: dict[int, bool] = {}
-    if undecided:
-        account_tracks = dict(
-            conn.execute(
-                select(t.accounts.c.id, t.accounts.c.tracking).where(t.accounts.c.id.in_(undecided))
-            ).all()
-        )
+    account_tracks = accounts.tracking_of(conn, {c.account_id for c in claimed if c.track is None})
     return {
         c.id: prepare(
             settings=settings,
