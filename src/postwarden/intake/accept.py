@@ -187,7 +187,7 @@ def _plan(
                 continue
             channel = default
             if not raw:
-                plan(("", None, channel, no_channel, "no email address was given"))
+                plan(("", None, channel, no_channel, "no address was given"))
                 continue
         else:
             contact = known[contact_id]
