@@ -242,6 +242,15 @@ def test_the_contacts_choice_decides_the_channel(
         )
 
 
+def test_a_recipient_without_an_address_has_no_channel(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    payload = BROADCAST | {"recipients": [{"email": ""}]}
+    assert client.post("/v1/broadcasts", json=payload, headers=auth).status_code == 202
+    (item,) = client.get("/v1/messages", headers=auth).json()["items"]
+    assert (item["status"], item["detail"]) == ("no_channel", "no address was given")
+
+
 # endregion
 # region intake's decisions are events
 
