@@ -356,14 +356,13 @@ def release(engine: Any) -> float:
 def count_final(engine: Any) -> int:
     from sqlalchemy import func, select
 
+    from postwarden.domain import status
     from postwarden.store import tables as t
 
     with engine.connect() as conn:
         return int(
             conn.scalar(
-                select(func.count()).where(
-                    t.messages.c.status.not_in(("pending", "sending", "deferred"))
-                )
+                select(func.count()).where(t.messages.c.status.not_in(status.IN_FLIGHT_VALUES))
             )
             or 0
         )

@@ -18,7 +18,7 @@ from postwarden.domain import addresses
 from postwarden.inbound.mail import dsn
 from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
-from postwarden.store import accounts, queries, suppression
+from postwarden.store import accounts, db, queries, suppression
 
 app = typer.Typer(
     help="Postwarden: send notifications and see what became of each one.",
@@ -195,7 +195,7 @@ def log_(
     """The mail log, newest first, with the API's filters."""
     parts = _parts()
     try:
-        with parts.engine.connect() as conn:
+        with db.reader(parts.engine).connect() as conn:
             page = queries.mail_log(
                 conn,
                 _account(conn, account).id,
@@ -235,7 +235,7 @@ def show(message_id: int, account: AccountOpt = None) -> None:
     """One message: status, explanation, timeline and SMTP transcripts."""
     parts = _parts()
     try:
-        with parts.engine.connect() as conn:
+        with db.reader(parts.engine).connect() as conn:
             item = queries.message_detail(conn, _account(conn, account).id, message_id)
     except errors.PostwardenError as exc:
         raise _fail(exc.message) from exc
@@ -286,7 +286,7 @@ def user_create(
 def suppressions_list(search: str = "", account: AccountOpt = None) -> None:
     """Suppressed addresses with their reason."""
     parts = _parts()
-    with parts.engine.connect() as conn:
+    with db.reader(parts.engine).connect() as conn:
         rows = suppression.list_entries(conn, _account(conn, account).id, search=search, limit=1000)
     table = Table("address", "category", "reason", "since", "message", "detail")
     for row in rows:

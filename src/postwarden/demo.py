@@ -16,12 +16,11 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import func, select
 
 from postwarden import runtime, service
+from postwarden.domain import status
 from postwarden.settings import Settings
-from postwarden.store import accounts, suppression
-from postwarden.store import tables as t
+from postwarden.store import accounts, db, events, queries, suppression
 from postwarden.testing.simulator import Simulator, free_port
 
 FIRST = [
@@ -46,7 +45,6 @@ FIRST = [
     "walter",
 ]
 DOMAINS = ["example.test", "corp.test", "mail.test"]
-IN_FLIGHT = ("pending", "sending", "deferred")
 
 
 def recipients(count: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -83,16 +81,11 @@ async def _wait_until_settled(
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         counts = (await client.get(f"/v1/broadcasts/{broadcast_id}")).json()["counts"]
-        settled = total - sum(counts.get(s, 0) for s in IN_FLIGHT)
+        settled = total - sum(counts.get(s, 0) for s in status.IN_FLIGHT_VALUES)
         progress.update(task, completed=settled)
         if settled >= total:
-            with parts.engine.connect() as conn:
-                applied = (
-                    conn.scalar(
-                        select(func.count()).select_from(t.events).where(t.events.c.source == "dsn")
-                    )
-                    or 0
-                )
+            with db.reader(parts.engine).connect() as conn:
+                applied = events.count(conn, source="dsn")
             if applied >= late:
                 return
         await asyncio.sleep(0.25)
@@ -207,22 +200,11 @@ async def run(
                     client, parts, accepted["id"], len(listed), late, progress, timeout
                 )
             detail = (await client.get(f"/v1/broadcasts/{accepted['id']}")).json()
-            with parts.engine.connect() as conn:
-                reasons: dict[str, dict[str, int]] = {}
-                for status_, reason, n in conn.execute(
-                    select(t.messages.c.status, t.messages.c.reason, func.count())
-                    .where(t.messages.c.broadcast_id == accepted["id"])
-                    .group_by(t.messages.c.status, t.messages.c.reason)
-                ):
-                    if reason:
-                        reasons.setdefault(status_, {})[reason] = n
-                later = conn.scalar(
-                    select(func.count())
-                    .select_from(t.events)
-                    .where(t.events.c.source == "dsn", t.events.c.kind == "bounced")
-                )
-                suppressed = conn.scalar(select(func.count()).select_from(t.suppressions))
-            _summary(console, detail, reasons, later or 0, suppressed or 0)
+            with db.reader(parts.engine).connect() as conn:
+                reasons = queries.broadcast_reasons(conn, account.id, accepted["id"])
+                later = events.count(conn, source="dsn", kind=status.Kind.BOUNCED)
+                suppressed = queries.suppression_count(conn, account.id)
+            _summary(console, detail, reasons, later, suppressed)
             example = (
                 await client.get("/v1/messages", params={"undelivered": "true", "limit": 1})
             ).json()["items"]

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from postwarden.domain import status
 from postwarden.domain.status import Kind
 from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
@@ -327,3 +328,18 @@ def test_user_create_refuses_short_passwords_and_duplicates(
             users.create(conn, admin.id, "Admin@acme.test", PASSWORD)
         assert users.verify(conn, "admin@acme.test", PASSWORD) is not None
         assert users.verify(conn, "nobody@acme.test", PASSWORD) is None
+
+
+def test_the_page_and_the_resend_say_why_not_in_the_same_words(
+    settings: Settings, engine: Engine, admin: accounts.Account
+) -> None:
+    with engine.begin() as conn:
+        pending = _send(conn, admin, "fine@example.test")
+    client = _client(settings, engine)
+    token = _sign_in(client)
+    words = status.resend_refusal("pending", False)
+    assert words == "It is still pending: wait for it, or cancel it."
+    page = client.get(f"/messages/{pending}").text
+    assert f"Resend is not available.</strong> {words}" in page
+    client.post(f"/messages/{pending}/resend", data={"csrf": token}, follow_redirects=False)
+    assert f"Not resent: {words}" in client.get(f"/messages/{pending}").text

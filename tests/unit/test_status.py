@@ -138,3 +138,36 @@ def test_any_timeline_never_regresses(kinds: list[Kind]) -> None:
             assert RANK[after.status] >= RANK[state.status]
         assert state.flags - {Flag.DELAYED} <= after.flags
         state = after
+
+
+def test_in_flight_is_the_senders_own_loop() -> None:
+    """In flight: every status an attempt may still start from or be under way in, none final
+    and none on the recipient's side."""
+    assert status.IN_FLIGHT == {s for s in Status if Status.SENDING in TRANSITIONS[s]}
+    assert set(status.IN_FLIGHT_VALUES) == {s.value for s in status.IN_FLIGHT}
+    assert not status.IN_FLIGHT & (FINAL | set(RECIPIENT_SIDE))
+
+
+@pytest.mark.parametrize(("decided", "kind"), list(status.DECISIONS.items()))
+def test_each_intake_decision_moves_a_new_message_to_its_status(
+    decided: Status, kind: Kind
+) -> None:
+    """Intake stores a message in its decision's status; the event recording the decision
+    must lead there from a new message, and carries the status's name."""
+    assert status.apply(State(), kind) == State(decided)
+    assert kind.value == decided.value and decided in FINAL
+    assert status.DECISION_REASONS[decided]
+
+
+@pytest.mark.parametrize("current", list(Status))
+@pytest.mark.parametrize("had_attachments", [False, True])
+def test_one_resend_rule(current: Status, had_attachments: bool) -> None:
+    refusal = status.resend_refusal(current.value, had_attachments)
+    if had_attachments:
+        assert refusal is not None and "attachments" in refusal
+    elif current in status.IN_FLIGHT:
+        assert refusal is not None and f"still {current.value}" in refusal
+        # "cancel it" only where the status machine lets a person cancel
+        assert ("cancel it" in refusal) == (Status.CANCELLED in TRANSITIONS[current])
+    else:
+        assert refusal is None

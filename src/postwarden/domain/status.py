@@ -79,7 +79,14 @@ UNDELIVERED = frozenset(
 )
 """What the undelivered report and the mail log's "only undelivered" filter show."""
 
-_LOOP = frozenset({Status.PENDING, Status.SENDING, Status.DEFERRED})
+IN_FLIGHT = frozenset({Status.PENDING, Status.SENDING, Status.DEFERRED})
+"""On its way: waiting for an attempt, being attempted, or to be attempted again (the sender's
+own loop). Such a message has not left: it is never purged and never resent, its attachments
+are kept, and a fact that happened earlier than the last one applied is simply applied."""
+
+IN_FLIGHT_VALUES = tuple(sorted(s.value for s in IN_FLIGHT))
+""":data:`IN_FLIGHT` as the strings the store keeps."""
+
 _RECIPIENT_SIDE = (Status.SENT, Status.DELIVERED, Status.OPENED, Status.CLICKED)
 _INTAKE = frozenset(
     {Status.FAILED, Status.DROPPED, Status.BLOCKED, Status.DUPLICATE, Status.NO_CHANNEL}
@@ -132,6 +139,20 @@ _FLAG_OF: dict[Kind, Flag] = {
     Kind.UNSUBSCRIBED: Flag.UNSUBSCRIBED,
 }
 
+DECISIONS: dict[Status, Kind] = {decided: Kind(decided.value) for decided in _INTAKE}
+"""What intake can decide instead of queueing a message, and the kind of the event that
+records it (of the same name): a message is stored in the status of its decision, which is
+where this event moves a new message (tests/unit/test_status.py checks it)."""
+
+DECISION_REASONS: dict[Status, str] = {
+    Status.FAILED: "invalid_address",
+    Status.DROPPED: "suppressed",
+    Status.BLOCKED: "blocked",
+    Status.DUPLICATE: "duplicate",
+    Status.NO_CHANNEL: "no_channel",
+}
+"""The reason each intake decision gives its message and its event."""
+
 USER_ACTIONS = frozenset({Kind.CANCELLED})
 """Events a person asks for: refused with InvalidTransition instead of being ignored."""
 
@@ -151,7 +172,7 @@ def apply(state: State, kind: Kind) -> State:
     flags = state.flags
     if kind in _FLAG_OF:
         flags = flags | {_FLAG_OF[kind]}
-    if kind is Kind.DELAYED and state.status in (Status.SENT, *_LOOP):
+    if kind is Kind.DELAYED and state.status in (Status.SENT, *IN_FLIGHT):
         flags = flags | {Flag.DELAYED}
     if target is None:
         return State(state.status, flags)
@@ -174,3 +195,20 @@ def fold(kinds: Iterable[Kind], start: State | None = None) -> State:
     for kind in kinds:
         state = apply(state, kind)
     return state
+
+
+def resend_refusal(current: str, had_attachments: bool) -> str | None:
+    """Why a message cannot be resent, in the words the API, the UI and the explanations all
+    show; None when it can be. A resend is a new message with the original's content: a message
+    still in flight would go out twice, and attachments are not kept once a message has left."""
+    if had_attachments:
+        return (
+            "Its attachments are not kept once it has left: send it again with its "
+            "attachments from your application."
+        )
+    state = Status(current)
+    if state in IN_FLIGHT:
+        if Status.CANCELLED in TRANSITIONS[state]:
+            return f"It is still {state.value}: wait for it, or cancel it."
+        return f"It is still {state.value}: wait until it is delivered or has failed."
+    return None

@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from postwarden.domain import bots, clock, links, tokens
 from postwarden.domain.status import Kind
-from postwarden.store import recorder, suppression
-from postwarden.store import tables as t
-
-m = t.messages
+from postwarden.store import events, messages, recorder, suppression
 
 PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
@@ -55,15 +52,6 @@ class LinkCache:
         self._links[content_id] = links
         if len(self._links) > self.size:
             self._links.popitem(last=False)
-
-
-def _delivered_at(conn: Connection, message_id: int) -> datetime | None:
-    return conn.scalar(
-        select(func.min(t.events.c.occurred_at)).where(
-            t.events.c.message_id == message_id,
-            t.events.c.kind.in_((Kind.DELIVERED.value, Kind.RELAYED.value)),
-        )
-    )
 
 
 def _seconds(since: datetime | None, now: datetime) -> float | None:
@@ -111,17 +99,8 @@ def record_opens(
     ids = sorted({f[0] for f in found if f is not None})
     if not ids:
         return [False] * len(hits)
-    existing = set(conn.scalars(select(m.c.id).where(m.c.id.in_(ids))))
-    delivered = dict(
-        conn.execute(
-            select(t.events.c.message_id, func.min(t.events.c.occurred_at))
-            .where(
-                t.events.c.message_id.in_(existing),
-                t.events.c.kind.in_((Kind.DELIVERED.value, Kind.RELAYED.value)),
-            )
-            .group_by(t.events.c.message_id)
-        ).all()
-    )
+    existing = messages.existing(conn, ids)
+    delivered = events.handed_over_at(conn, existing)
     facts: list[recorder.Fact] = []
     slots: list[int | None] = []
     for hit, ok in zip(hits, found, strict=True):
@@ -169,14 +148,8 @@ def record_open(
 def _other_links_within(
     conn: Connection, message_id: int, index: int, now: datetime, seconds: float = 2.0
 ) -> int:
-    rows = conn.scalars(
-        select(t.events.c.data).where(
-            t.events.c.message_id == message_id,
-            t.events.c.kind == Kind.CLICKED.value,
-            t.events.c.occurred_at >= now - timedelta(seconds=seconds),
-        )
-    )
-    return len({d.get("link") for d in rows if d and d.get("link") != index})
+    clicks = events.clicks_since(conn, message_id, now - timedelta(seconds=seconds))
+    return len({d.get("link") for d in clicks if d and d.get("link") != index})
 
 
 def resolve_click(
@@ -188,17 +161,15 @@ def resolve_click(
     if found is None:
         return None
     message_id, index = found
-    content_id = conn.scalar(select(m.c.content_id).where(m.c.id == message_id))
+    content_id = messages.content_id_of(conn, message_id)
     if content_id is None:
         return None
     known = cache.get(content_id)
     if known is None:
-        row = conn.execute(
-            select(t.contents.c.html, t.contents.c.text).where(t.contents.c.id == content_id)
-        ).first()
-        if row is None:
+        bodies = messages.bodies_of(conn, content_id)
+        if bodies is None:
             return None
-        known = links.links_of(secret, base_url, row.html, row.text)
+        known = links.links_of(secret, base_url, *bodies)
         cache.put(content_id, known)
     if index >= len(known):
         return None
@@ -225,7 +196,7 @@ def record_click(
         return None
     message_id, index, url = resolved
     now = now or clock.now()
-    seconds = _seconds(_delivered_at(conn, message_id), now)
+    seconds = _seconds(events.handed_over_at(conn, [message_id]).get(message_id), now)
     verdict = bots.classify_click(
         user_agent=user_agent,
         ip=ip,
@@ -263,14 +234,10 @@ def unsubscribable(
     if found is None:
         return None
     message_id, tag = found
-    row = conn.execute(select(m.c.id, m.c.category).where(m.c.id == message_id)).first()
-    if (
-        row is None
-        or tokens.category_tag(row.category) != tag
-        or row.category in set(transactional)
-    ):
+    category = messages.category_of(conn, message_id)
+    if category is None or tokens.category_tag(category) != tag or category in set(transactional):
         return None
-    return row.id, row.category
+    return message_id, category
 
 
 def unsubscribe(

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -135,6 +136,23 @@ def bounce_domains(conn: Connection) -> dict[str, int]:
     """Each account's bounce domain (lower case) -> account id: what the inbound server accepts."""
     rows = conn.execute(select(t.accounts.c.bounce_domain, t.accounts.c.id))
     return {domain.lower(): account_id for domain, account_id in rows}
+
+
+def set_tracking(conn: Connection, account_id: int, on: bool) -> None:
+    """Engagement tracking on or off for the account's messages that do not decide for
+    themselves. Cached Accounts carry the flag: :func:`forget_keys` once this is committed."""
+    conn.execute(update(t.accounts).where(t.accounts.c.id == account_id).values(tracking=on))
+
+
+def tracking_of(conn: Connection, account_ids: Iterable[int]) -> dict[int, bool]:
+    """Each account's tracking setting, by id."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(t.accounts.c.id, t.accounts.c.tracking).where(t.accounts.c.id.in_(ids))
+    )
+    return {account_id: tracking for account_id, tracking in rows}
 
 
 def count(conn: Connection) -> int:

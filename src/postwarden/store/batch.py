@@ -1,4 +1,6 @@
-"""Plain SQL for the hot paths (recording each delivery attempt, storing inbound mails).
+"""Plain SQL for the hot paths (recording each delivery attempt, storing inbound mails, a
+broadcast's rows), and the few statements SQLAlchemy Core cannot express (PostgreSQL's
+counter compaction).
 
 SQLAlchemy Core builds, caches and processes each statement's parameters row by row; for the
 dispatcher's batches of hundreds of rows that was most of the recording cost. Here the few
@@ -16,16 +18,27 @@ the caller's transaction, with the values converted the way the SQLAlchemy types
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Boolean, Connection, Engine, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.types import TypeEngine
 
-from postwarden.store.tables import UTCDateTime
+from postwarden.domain.status import Flag
+from postwarden.store import tables as t
 
 CHUNK = 900
 """Rows or ids per statement: under SQLite's and PostgreSQL's parameter limits."""
@@ -121,7 +134,7 @@ class Dialect:
         return f"{column} IN ({self.marks(len(ids))})", tuple(ids)
 
     def converter(self, type_: TypeEngine[Any]) -> Callable[[Any], Any]:
-        if isinstance(type_, UTCDateTime):
+        if isinstance(type_, t.UTCDateTime):
             return self.when
         if isinstance(type_, JSON):
             return self.json
@@ -129,7 +142,7 @@ class Dialect:
 
     def cast(self, type_: TypeEngine[Any]) -> str:
         """The PostgreSQL type of a VALUES column (its first row decides otherwise)."""
-        if isinstance(type_, UTCDateTime):
+        if isinstance(type_, t.UTCDateTime):
             return "timestamptz"
         if isinstance(type_, JSON):
             return "json"
@@ -280,9 +293,7 @@ class Dialect:
     def _unnest(self, table: str, columns: Sequence[str]) -> str:
         """PostgreSQL's ``unnest(%b::type[], ...)``: one binary array parameter per column,
         typed after the table's column (see :func:`_by_column` for the parameters)."""
-        from postwarden.store.tables import metadata
-
-        types = metadata.tables[table].c
+        types = t.metadata.tables[table].c
         return f"unnest({', '.join(f'%b::{self.cast(types[c].type)}[]' for c in columns)})"
 
     def _values_chunks(
@@ -309,8 +320,6 @@ class Dialect:
         ``keep_reason`` is carried along and not used."""
         if not rows:
             return
-        from postwarden.store.tables import messages
-
         if self.name != "postgresql":
             sets = [("status", 2), ("flags", 3), ("updated_at", 4), ("last_event_at", 5)]
             sets += [("reason", 7), ("detail", 8), *((c, 9 + i) for i, c in enumerate(extra))]
@@ -322,7 +331,7 @@ class Dialect:
         sql = self._sql.get(key)
         if sql is None:
             casts = ("bigint", "text", "json", "timestamptz", "timestamptz", "boolean", "text")
-            casts += ("text", *(self.cast(messages.c[c].type) for c in extra))
+            casts += ("text", *(self.cast(t.messages.c[c].type) for c in extra))
             arrays = ", ".join(f"%b::{c}[]" for c in casts)
             sets = "".join(f", {c} = v.{c}" for c in extra)
             sql = self._sql[key] = (
@@ -332,6 +341,172 @@ class Dialect:
                 f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE m.id = v.id"
             )
         conn.exec_driver_sql(sql, _by_column(rows))
+
+    # -- the recorder's reads --------------------------------------------------------------
+
+    def messages_to_record(self, conn: Connection, ids: Sequence[int]) -> dict[int, Current]:
+        """The messages' current facts, as the recorder folds new ones onto them; on
+        PostgreSQL their rows stay locked (``FOR UPDATE``) until the transaction ends."""
+        lock = " FOR UPDATE" if self.name == "postgresql" else ""
+        rows: dict[int, Current] = {}
+        read_when = self.read_when
+        read_json = self.read_json
+        for chunk in chunks(ids):
+            where, params = self.where_in("id", chunk)
+            for r in conn.exec_driver_sql(
+                "SELECT id, account_id, status, flags, to_addr, category, last_event_at, "
+                f"has_attachments FROM messages WHERE {where}{lock}",
+                params,
+            ):
+                flags = read_json(r[3])
+                rows[r[0]] = Current(
+                    r[0],
+                    r[1],
+                    r[2],
+                    frozenset(map(Flag, flags)) if flags else _NO_FLAGS,
+                    r[4],
+                    r[5],
+                    read_when(r[6]),
+                    bool(r[7]),
+                )
+        return rows
+
+    def dedupe_keys(self, conn: Connection, ids: Sequence[int]) -> set[tuple[int, str]]:
+        """(message id, dedupe key) of these messages' events that have a key."""
+        seen: set[tuple[int, str]] = set()
+        for chunk in chunks(ids):
+            where, params = self.where_in("message_id", chunk)
+            seen.update(
+                (r[0], r[1])
+                for r in conn.exec_driver_sql(
+                    f"SELECT message_id, dedupe_key FROM events WHERE {where} "
+                    "AND dedupe_key IS NOT NULL",
+                    params,
+                )
+            )
+        return seen
+
+    # -- intake's inserts ----------------------------------------------------------------
+
+    def insert_dicts_returning_ids(
+        self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """Insert rows (dicts with the same keys) and return their ids in order, their values
+        converted as ``table``'s column types store them: SQLAlchemy's per-row parameter
+        processing and RETURNING bookkeeping were most of a group commit's cost."""
+        columns = list(rows[0])
+        _check_defaults(table, columns)
+        convert = [self.converter(table.c[name].type) for name in columns]
+        values = [tuple(f(row[c]) for f, c in zip(convert, columns, strict=True)) for row in rows]
+        return self.insert_returning_ids(conn, table.name, columns, values)
+
+    def insert_sharing(
+        self,
+        conn: Connection,
+        table: Table,
+        shared: Mapping[str, Any],
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert rows that have most of their values in common (a broadcast's messages):
+        ``shared`` holds the columns every row has, converted and sent once per statement;
+        each row holds the values of ``columns``, already as stored (see :meth:`converter`).
+        No RETURNING.
+
+        SQLite: ``INSERT ... SELECT <shared values>, <row values> FROM (VALUES ...)`` of 5,000
+        rows at a time; the few statements each open one statement journal (the count
+        triggers make SQLite open one per statement; an executemany opened one per row).
+        PostgreSQL: one ``INSERT ... SELECT <shared values>, v.* FROM unnest(arrays) AS v``.
+        """
+        if not rows:
+            return
+        names = [*shared, *columns]
+        _check_defaults(table, names)
+        types = table.c
+        head = tuple(self.converter(types[n].type)(v) for n, v in shared.items())
+        into = f"INSERT INTO {table.name} ({', '.join(names)}) "
+        if self.name == "postgresql":
+            constants = ", ".join(f"%s::{self.cast(types[n].type)}" for n in shared)
+            conn.exec_driver_sql(
+                f"{into}SELECT {constants}, v.* FROM {self._unnest(table.name, columns)} AS v",
+                (*head, *_by_column(rows)),
+            )
+            return
+        width = len(columns)
+        size = min(5_000, (_SQLITE_PARAMETERS - len(head)) // width)
+        picked = ", ".join(f"column{k + 1}" for k in range(width))
+        for part in chunks(rows, size):
+            values = ", ".join([f"({self.marks(width)})"] * len(part))
+            conn.exec_driver_sql(
+                f"{into}SELECT {self.marks(len(head))}, {picked} FROM (VALUES {values})",
+                (*head, *chain.from_iterable(part)),
+            )
+
+    # -- the undelivered counters ----------------------------------------------------------
+
+    def lock_counts(self, conn: Connection) -> None:
+        """PostgreSQL: take the transaction's advisory lock on ``undelivered_counts``, so that
+        one compaction runs at a time (two would update the same writer-0 rows)."""
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('undelivered_counts'))")
+
+    def fold_counts_of_backends(self, conn: Connection) -> int:
+        """PostgreSQL, under :meth:`lock_counts`: move every backend's ``undelivered_counts``
+        rows into the row of writer 0 of their key; returns how many rows were moved."""
+        return int(conn.exec_driver_sql(_FOLD_PG).scalar() or 0)
+
+
+_SQLITE_PARAMETERS = 32_766
+"""SQLite's limit on a statement's parameters (since 3.32)."""
+
+# Every backend's rows move into one row per key with writer 0, which no trigger writes
+# (backend pids are never 0). SKIP LOCKED leaves the rows of a transaction in flight for the
+# next run: waiting for them could close a cycle with a writer that waits for a row deleted
+# here. Returns how many rows it moved.
+_FOLD_PG = """
+WITH moved AS (
+    DELETE FROM undelivered_counts u
+    USING (
+        SELECT account_id, day, status, writer FROM undelivered_counts
+        WHERE writer <> 0 FOR UPDATE SKIP LOCKED
+    ) s
+    WHERE u.account_id = s.account_id AND u.day = s.day AND u.status = s.status
+      AND u.writer = s.writer
+    RETURNING u.account_id, u.day, u.status, u.n
+), folded AS (
+    INSERT INTO undelivered_counts AS c (account_id, day, status, writer, n)
+    SELECT account_id, day, status, 0, sum(n) FROM moved GROUP BY account_id, day, status
+    ON CONFLICT (account_id, day, status, writer) DO UPDATE SET n = c.n + excluded.n
+)
+SELECT count(*) FROM moved
+"""
+
+
+class Current(NamedTuple):
+    """What the recorder needs of a message before it folds new facts onto it."""
+
+    id: int
+    account_id: int
+    status: str
+    flags: frozenset[Flag]
+    to_addr: str
+    category: str
+    last_event_at: datetime | None
+    has_attachments: bool
+
+
+_NO_FLAGS: frozenset[Flag] = frozenset()
+
+
+def _check_defaults(table: Table, columns: Sequence[str]) -> None:
+    """Plain SQL naming only ``columns`` must leave out no column that has a SQLAlchemy
+    default (SQLAlchemy fills those in itself; plain SQL would store NULL)."""
+    missed = [
+        c.name
+        for c in table.columns
+        if c.name not in columns and not c.primary_key and c.default is not None
+    ]
+    if missed:
+        raise ValueError(f"plain SQL into {table.name} must give {', '.join(missed)}")
 
 
 @cache

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, case, false, func, or_, select
 
 from postwarden import errors
-from postwarden.domain import addresses, classify, clock
+from postwarden.domain import addresses, classify, clock, status
 from postwarden.domain.status import UNDELIVERED, Status
 from postwarden.store import tables as t
 
@@ -184,12 +184,24 @@ def count_by_status(conn: Connection, account_id: int, f: LogFilter) -> dict[str
     return dict(conn.execute(query.group_by(m.c.status)).all())
 
 
-def explain(reason: str | None, status: str) -> dict[str, str] | None:
-    """The plain-language explanation and next step for a message's status and reason."""
-    if status in ("bounced", "deferred") and reason:
+def explain(
+    reason: str | None, current: str, resend_refusal: str | None = None
+) -> dict[str, str] | None:
+    """The plain-language explanation and next step for a message's ``current`` status and
+    reason; where
+    the next step is to resend and the message cannot be (``resend_refusal``, from
+    :func:`domain.status.resend_refusal`), the step says why and what to do instead."""
+    if current in ("bounced", "deferred") and reason:
         group, explanation, next_step = classify.describe(reason)
-        return {"group": group, "explanation": explanation, "next_step": next_step}
-    return _STATUS_WORDS.get(status)
+        words = {"group": group, "explanation": explanation, "next_step": next_step}
+    else:
+        found = _STATUS_WORDS.get(current)
+        if found is None:
+            return None
+        words = dict(found)
+    if resend_refusal and "resend" in words["next_step"].lower():
+        words["next_step"] = f"{words['next_step']} {resend_refusal}"
+    return words
 
 
 _STATUS_WORDS: dict[str, dict[str, str]] = {
@@ -272,7 +284,8 @@ def message_detail(conn: Connection, account_id: int, message_id: int) -> dict[s
     item.pop("lease_owner", None)
     item["to"] = item.pop("to_addr")
     item["from"] = item.pop("from_addr")
-    item["explanation"] = explain(item["reason"], item["status"])
+    item["resend_refusal"] = status.resend_refusal(item["status"], item["has_attachments"])
+    item["explanation"] = explain(item["reason"], item["status"], item["resend_refusal"])
     item["events"] = [
         dict(e._mapping)
         for e in conn.execute(
@@ -372,6 +385,21 @@ def broadcast_detail(conn: Connection, account_id: int, broadcast_id: int) -> di
         ).all()
     )
     return item
+
+
+def broadcast_reasons(
+    conn: Connection, account_id: int, broadcast_id: int
+) -> dict[str, dict[str, int]]:
+    """How many of the account's broadcast's messages have each reason, per status."""
+    reasons: dict[str, dict[str, int]] = {}
+    for state, reason, n in conn.execute(
+        select(m.c.status, m.c.reason, func.count())
+        .where(m.c.broadcast_id == broadcast_id, m.c.account_id == account_id)
+        .group_by(m.c.status, m.c.reason)
+    ):
+        if reason:
+            reasons.setdefault(state, {})[reason] = n
+    return reasons
 
 
 # region the web UI's reads: the undelivered report, the dashboard, bounce mails

@@ -1,8 +1,10 @@
 """Record what was learned about messages: store each event, move the headline through the
 status machine, and act on it (suppress the address after a hard bounce or a complaint).
 
-Every source of facts ends here: the dispatcher's SMTP replies, bounce mails, webhooks,
-tracking and people's actions. Batches keep the dispatcher's writes cheap.
+The one writer of events. Every source of facts ends here: the dispatcher's SMTP replies,
+bounce mails, webhooks, tracking, people's actions, and intake's decisions (a message stored
+already dropped, blocked, ...: :func:`record_decisions`, :func:`record_broadcast_decisions`).
+Batches keep the dispatcher's writes cheap.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, insert, literal, select, update
 
 from postwarden import errors
 from postwarden.domain import clock, status
@@ -60,15 +62,7 @@ _REASON_KINDS = frozenset(
         Kind.NO_CHANNEL,
     }
 )
-
-
-def _refold(conn: Connection, message_id: int) -> State:
-    kinds = conn.scalars(
-        select(t.events.c.kind)
-        .where(t.events.c.message_id == message_id)
-        .order_by(t.events.c.occurred_at, t.events.c.id)
-    )
-    return status.fold(Kind(kind) for kind in kinds)
+_NO_EXTRA: dict[str, Any] = {}
 
 
 def record(
@@ -79,113 +73,135 @@ def record(
     extra: dict[int, dict[str, Any]] | None = None,
 ) -> list[Outcome]:
     """Apply facts in order; ``extra`` adds column values to a message's update (the queue's
-    lease and schedule). Events are idempotent through their dedupe keys.
+    lease release and schedule). Events are idempotent through their dedupe keys.
+
+    The steps, one function each below: read the messages as they stand, fold the facts
+    through the status machine, keep an event per new fact, put a fact that happened before
+    the last one applied in its place, update the headlines (with ``extra``), let go of the
+    attachments of messages that have left, suppress what the facts call for.
 
     The hot statements (the rows' read, the events' insert, the messages' update) are plain
     SQL prepared once per dialect (:mod:`postwarden.store.batch`): this runs for every message
     the dispatcher sends, and SQLAlchemy's statement building and per-row bind processing
     were half of its cost."""
     sql = batch.dialect_of(conn)
+    rows = _current(conn, sql, facts)
+    folded = _fold(facts, rows, _kept_keys(conn, sql, facts))
+    _insert_events(conn, sql, folded.kept)
+    for mid in folded.late:
+        _refold(conn, folded, mid)
+    _update_messages(conn, sql, rows, folded, extra or _NO_EXTRA)
+    _purge_attachments(
+        conn,
+        [mid for mid, s in folded.states.items() if rows[mid].has_attachments and _has_left(s)],
+    )
+    _suppress(conn, facts, rows, policy)
+    return folded.outcomes
+
+
+# region reading what is there
+
+
+def _current(
+    conn: Connection, sql: batch.Dialect, facts: Sequence[Fact]
+) -> dict[int, batch.Current]:
+    """The messages the facts are about, as they stand (locked on PostgreSQL); NotFound when
+    one does not exist."""
     ids = sorted({fact.message_id for fact in facts})
-    rows = _load_rows(conn, sql, ids)
+    rows = sql.messages_to_record(conn, ids)
     missing = set(ids) - rows.keys()
     if missing:
         raise errors.NotFound(f"no message {min(missing)}")
+    return rows
 
+
+def _kept_keys(conn: Connection, sql: batch.Dialect, facts: Sequence[Fact]) -> set[tuple[int, str]]:
+    """The facts' (message, dedupe key) pairs that an event already kept carries."""
     keyed = {(f.message_id, f.dedupe_key) for f in facts if f.dedupe_key}
-    seen: set[tuple[int, str]] = set()
-    if keyed:
-        seen = _seen_keys(conn, sql, sorted({mid for mid, _key in keyed})) & keyed
+    if not keyed:
+        return set()
+    return sql.dedupe_keys(conn, sorted({mid for mid, _key in keyed})) & keyed
 
-    states = {mid: State(Status(r.status), r.flags) for mid, r in rows.items()}
-    starts = dict(states)
-    last_at = {mid: r.last_event_at for mid, r in rows.items()}
-    reasons: dict[int, Fact] = {}
-    event_rows: list[tuple[Any, ...]] = []
-    outcomes: list[Outcome] = []
-    late: set[int] = set()
-    recorded_at = sql.when(clock.now())
-    when = sql.when
-    as_json = sql.json
+
+# endregion
+# region folding: the status machine
+
+
+@dataclass(slots=True)
+class _Folded:
+    """The facts folded onto their messages."""
+
+    states: dict[int, State]  # where each headline ends
+    last_at: dict[int, datetime | None]  # each message's latest fact applied in order
+    reasons: dict[int, Fact] = field(default_factory=dict)  # last to move it with a reason
+    kept: list[tuple[Fact, Status]] = field(default_factory=list)  # new facts, status after
+    outcomes: list[Outcome] = field(default_factory=list)  # one per fact, in order
+    late: set[int] = field(default_factory=set)  # messages to refold from their timeline
+
+
+def _fold(
+    facts: Sequence[Fact], rows: dict[int, batch.Current], seen: set[tuple[int, str]]
+) -> _Folded:
+    """Each fact through :func:`status.apply`, in order. A fact whose dedupe key was seen
+    (kept before, or earlier in ``facts``) changes nothing and keeps no event. A fact that
+    happened before the last one applied, on a message that has left, marks the message
+    ``late``: its timeline is folded again once the events are stored."""
+    folded = _Folded(
+        {mid: State(Status(r.status), r.flags) for mid, r in rows.items()},
+        {mid: r.last_event_at for mid, r in rows.items()},
+    )
+    states, last_at = folded.states, folded.last_at
     for fact in facts:
         mid = fact.message_id
         before = states[mid]
         key = fact.dedupe_key
         if key:
             if (mid, key) in seen:
-                outcomes.append(Outcome(mid, before.status, before.status, before.flags, False))
+                folded.outcomes.append(
+                    Outcome(mid, before.status, before.status, before.flags, False)
+                )
                 continue
             seen.add((mid, key))
         after = status.apply(before, fact.kind)
         last = last_at[mid]
-        if (
-            last is not None
-            and fact.occurred_at < last
-            and (before.status not in (Status.PENDING, Status.SENDING, Status.DEFERRED))
-        ):
-            late.add(mid)
+        if last is not None and fact.occurred_at < last and _has_left(before):
+            folded.late.add(mid)
         else:
             last_at[mid] = fact.occurred_at
         states[mid] = after
         if after.status is not before.status and fact.kind in _REASON_KINDS:
-            reasons[mid] = fact
-        event_rows.append(
-            (
-                mid,
-                fact.kind.value,
-                fact.source,
-                when(fact.occurred_at),
-                recorded_at,
-                after.status.value,
-                key,
-                fact.reason,
-                fact.hard,
-                fact.code,
-                fact.detail,
-                as_json(fact.data),
-                fact.inbound_id,
-            )
-        )
-        outcomes.append(Outcome(mid, before.status, after.status, after.flags, True))
-    if event_rows:
-        sql.insert_many(conn, "events", _EVENT_COLUMNS, event_rows)
-    for mid in late:  # an event that happened earlier than what is already applied
-        refolded = _refold(conn, mid)
-        states[mid] = State(refolded.status, refolded.flags | states[mid].flags)
+            folded.reasons[mid] = fact
+        folded.kept.append((fact, after.status))
+        folded.outcomes.append(Outcome(mid, before.status, after.status, after.flags, True))
+    return folded
 
-    updated_at = when(clock.now())
-    updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
-    converters: dict[tuple[str, ...], list[Any]] = {}
-    for mid, state in states.items():
-        more = extra.get(mid, _NO_EXTRA) if extra else _NO_EXTRA
-        if state == starts[mid] and not more and last_at[mid] == rows[mid].last_event_at:
-            continue
-        keys = tuple(more)
-        convert = converters.get(keys)
-        if convert is None:
-            convert = converters[keys] = [sql.converter(t.messages.c[k].type) for k in keys]
-        reason_fact = reasons.get(mid)
-        updates[keys].append(
-            (
-                mid,
-                state.status.value,
-                as_json(sorted(state.flags)),
-                updated_at,
-                when(last_at[mid]),
-                reason_fact is None,
-                _reason_of(reason_fact),
-                reason_fact.detail if reason_fact else None,
-                *[f(v) for f, v in zip(convert, more.values(), strict=True)],
-            )
-        )
-    for keys, params in updates.items():  # one statement per set of extra columns
-        sql.update_messages(conn, keys, params)
-    _leave_storage(
-        conn,
-        [mid for mid, s in states.items() if rows[mid].has_attachments and _has_left(s.status)],
+
+def _refold(conn: Connection, folded: _Folded, message_id: int) -> None:
+    """Fold a message's whole timeline again, in the order its facts happened (its events
+    are stored by now): a late fact takes its place instead of landing on top."""
+    kinds = conn.scalars(
+        select(t.events.c.kind)
+        .where(t.events.c.message_id == message_id)
+        .order_by(t.events.c.occurred_at, t.events.c.id)
     )
-    _act(conn, facts, rows, policy)
-    return outcomes
+    refolded = status.fold(Kind(kind) for kind in kinds)
+    folded.states[message_id] = State(
+        refolded.status, refolded.flags | folded.states[message_id].flags
+    )
+
+
+def _has_left(state: State) -> bool:
+    return state.status not in status.IN_FLIGHT
+
+
+def _reason_of(fact: Fact | None) -> str | None:
+    if fact is None:
+        return None
+    return "expired" if fact.kind is Kind.EXPIRED else fact.reason
+
+
+# endregion
+# region writing: events, headlines, attachments
 
 
 _EVENT_COLUMNS = (
@@ -205,75 +221,90 @@ _EVENT_COLUMNS = (
 )
 
 
-class _Row(NamedTuple):
-    id: int
-    account_id: int
-    status: str
-    flags: frozenset[Flag]
-    to_addr: str
-    category: str
-    last_event_at: datetime | None
-    has_attachments: bool
-
-
-_NO_FLAGS: frozenset[Flag] = frozenset()
-_NO_EXTRA: dict[str, Any] = {}
-
-
-def _load_rows(conn: Connection, sql: batch.Dialect, ids: list[int]) -> dict[int, _Row]:
-    """The messages' current facts; on PostgreSQL locked until the transaction ends."""
-    lock = " FOR UPDATE" if sql.name == "postgresql" else ""
-    rows: dict[int, _Row] = {}
-    read_when = sql.read_when
-    read_json = sql.read_json
-    for chunk in batch.chunks(ids):
-        where, params = sql.where_in("id", chunk)
-        for r in conn.exec_driver_sql(
-            "SELECT id, account_id, status, flags, to_addr, category, last_event_at, "
-            f"has_attachments FROM messages WHERE {where}{lock}",
-            params,
-        ):
-            flags = read_json(r[3])
-            rows[r[0]] = _Row(
-                r[0],
-                r[1],
-                r[2],
-                frozenset(map(Flag, flags)) if flags else _NO_FLAGS,
-                r[4],
-                r[5],
-                read_when(r[6]),
-                bool(r[7]),
+def _insert_events(
+    conn: Connection, sql: batch.Dialect, kept: Sequence[tuple[Fact, Status]]
+) -> None:
+    """One event row per fact kept, with the headline it left its message in."""
+    if not kept:
+        return
+    when = sql.when
+    as_json = sql.json
+    recorded_at = when(clock.now())
+    sql.insert_many(
+        conn,
+        "events",
+        _EVENT_COLUMNS,
+        [
+            (
+                fact.message_id,
+                fact.kind.value,
+                fact.source,
+                when(fact.occurred_at),
+                recorded_at,
+                after.value,
+                fact.dedupe_key,
+                fact.reason,
+                fact.hard,
+                fact.code,
+                fact.detail,
+                as_json(fact.data),
+                fact.inbound_id,
             )
-    return rows
+            for fact, after in kept
+        ],
+    )
 
 
-def _seen_keys(conn: Connection, sql: batch.Dialect, ids: list[int]) -> set[tuple[int, str]]:
-    seen: set[tuple[int, str]] = set()
-    for chunk in batch.chunks(ids):
-        where, params = sql.where_in("message_id", chunk)
-        seen.update(
-            (r[0], r[1])
-            for r in conn.exec_driver_sql(
-                f"SELECT message_id, dedupe_key FROM events WHERE {where} "
-                "AND dedupe_key IS NOT NULL",
-                params,
+def _update_messages(
+    conn: Connection,
+    sql: batch.Dialect,
+    rows: dict[int, batch.Current],
+    folded: _Folded,
+    extra: dict[int, dict[str, Any]],
+) -> None:
+    """Write each changed message's headline, flags, reason and last fact time, with its
+    ``extra`` columns (the queue's lease release, the next attempt's time): one statement
+    per set of extra columns."""
+    as_json = sql.json
+    when = sql.when
+    updated_at = when(clock.now())
+    updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    converters: dict[tuple[str, ...], list[Any]] = {}
+    for mid, state in folded.states.items():
+        row = rows[mid]
+        more = extra.get(mid, _NO_EXTRA)
+        if (
+            state.status == row.status
+            and state.flags == row.flags
+            and not more
+            and folded.last_at[mid] == row.last_event_at
+        ):
+            continue
+        keys = tuple(more)
+        convert = converters.get(keys)
+        if convert is None:
+            convert = converters[keys] = [sql.converter(t.messages.c[k].type) for k in keys]
+        reason_fact = folded.reasons.get(mid)
+        updates[keys].append(
+            (
+                mid,
+                state.status.value,
+                as_json(sorted(state.flags)),
+                updated_at,
+                when(folded.last_at[mid]),
+                reason_fact is None,
+                _reason_of(reason_fact),
+                reason_fact.detail if reason_fact else None,
+                *[f(v) for f, v in zip(convert, more.values(), strict=True)],
             )
         )
-    return seen
+    for keys, params in updates.items():
+        sql.update_messages(conn, keys, params)
 
 
-def _reason_of(fact: Fact | None) -> str | None:
-    if fact is None:
-        return None
-    return "expired" if fact.kind is Kind.EXPIRED else fact.reason
-
-
-def _has_left(value: Status) -> bool:
-    return value not in (Status.PENDING, Status.SENDING, Status.DEFERRED)
-
-
-def _leave_storage(conn: Connection, message_ids: list[int]) -> None:
-    """Attachments leave storage once their message has left (names and sizes stay)."""
+def _purge_attachments(conn: Connection, message_ids: list[int]) -> None:
+    """Attachments leave storage once their message has left (names and sizes stay), and so
+    do the message's built bytes."""
     if message_ids:
         conn.execute(
             update(t.attachments)
@@ -283,14 +314,21 @@ def _leave_storage(conn: Connection, message_ids: list[int]) -> None:
         conn.execute(delete(t.bodies).where(t.bodies.c.message_id.in_(message_ids)))
 
 
-def _act(
-    conn: Connection, facts: Sequence[Fact], rows: dict[int, Any], policy: suppression.Policy
+# endregion
+# region suppression: what bounces, complaints and unsubscribes call for
+
+
+def _suppress(
+    conn: Connection,
+    facts: Sequence[Fact],
+    rows: dict[int, batch.Current],
+    policy: suppression.Policy,
 ) -> None:
     """Suppress addresses: every bounce and complaint is acted on, even one that arrives after
     the headline can no longer change.
 
     The whole batch's suppressions are added with one :func:`suppression.suppress_many` (in
-    the facts' order, so the first fact for an address decides its entry, as before), and the
+    the facts' order, so the first fact for an address decides its entry), and the
     soft-bounce counts are read once for every address with an escalating soft bounce."""
     bounced = (Kind.BOUNCED, Kind.EXPIRED)
     escalating = suppression.ESCALATING_REASONS
@@ -360,6 +398,81 @@ def _act(
             )
     if additions:
         suppression.suppress_many(conn, additions)
+
+
+# endregion
+# region intake's decisions: messages stored in the status intake decided
+
+
+INTAKE = "intake"
+"""The source of intake's decisions."""
+
+
+def decision(message_id: int, decided: Status, detail: str | None) -> Fact:
+    """The fact of an intake decision (``decided`` is one of :data:`status.DECISIONS`)."""
+    return Fact(
+        message_id,
+        status.DECISIONS[decided],
+        INTAKE,
+        reason=status.DECISION_REASONS[decided],
+        detail=detail,
+    )
+
+
+def record_decisions(conn: Connection, facts: Sequence[Fact]) -> None:
+    """Keep the events of intake's decisions about messages just stored in the status each
+    decides (see :func:`decision`). A new message has no events, no flags, no suppression to
+    act on and no lock to take: folding from a new message's state is all there is, so none
+    of :func:`record`'s reads are needed."""
+    new = State()
+    kept = []
+    for fact in facts:
+        after = status.apply(new, fact.kind).status
+        if after not in status.DECISIONS:
+            raise ValueError(f"{fact.kind.value} is not an intake decision")
+        kept.append((fact, after))
+    _insert_events(conn, batch.dialect_of(conn), kept)
+
+
+def record_broadcast_decisions(conn: Connection, broadcast_id: int) -> None:
+    """:func:`record_decisions` for every message of a broadcast just stored that is not
+    pending, in message order, from the stored rows themselves (one ``INSERT ... SELECT``
+    for 100,000 recipients): each decision's event kind has its status's name, and its
+    reason and detail are the message's (:data:`status.DECISIONS`)."""
+    now = clock.now()
+    m = t.messages
+    ev = t.events
+    conn.execute(
+        insert(ev).from_select(
+            [
+                "message_id",
+                "kind",
+                "source",
+                "occurred_at",
+                "recorded_at",
+                "status_after",
+                "reason",
+                "detail",
+                "data",
+            ],
+            select(
+                m.c.id,
+                m.c.status,  # the decision's event kind
+                literal(INTAKE, ev.c.source.type),
+                literal(now, ev.c.occurred_at.type),
+                literal(now, ev.c.recorded_at.type),
+                m.c.status,
+                m.c.reason,
+                m.c.detail,
+                literal({}, ev.c.data.type),
+            )
+            .where(m.c.broadcast_id == broadcast_id, m.c.status != Status.PENDING.value)
+            .order_by(m.c.id),
+        )
+    )
+
+
+# endregion
 
 
 def cancel(

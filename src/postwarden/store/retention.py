@@ -1,7 +1,7 @@
 """Retention: delete old messages with everything kept about them, in bounded batches.
 
 ``postwarden purge --older-than DAYS`` removes messages created before the cut-off that have
-left the queue (not ``pending``, ``sending`` or ``deferred``), with their events, delivery
+left the queue (not in flight: ``status.IN_FLIGHT``), with their events, delivery
 attempts, stored bodies and attachments, then the broadcasts, contents and processed inbound
 mails nothing refers to any more, and last folds the undelivered counters. Each batch is its own
 short transaction, so the service keeps accepting and delivering while a purge runs (SQLite has
@@ -15,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, exists, func, select, text, update
+from sqlalchemy import Engine, and_, delete, exists, func, select, update
 
-from postwarden.domain import clock
+from postwarden.domain import clock, status
+from postwarden.store import batch
 from postwarden.store import tables as t
-
-ACTIVE = ("pending", "sending", "deferred")
-"""Statuses of messages still in the queue: never purged, whatever their age."""
 
 m = t.messages
 
@@ -47,7 +45,7 @@ def _batch(engine: Engine, cutoff: datetime, size: int, purged: Purged) -> int:
         ids = list(
             conn.scalars(
                 select(m.c.id)
-                .where(m.c.created_at < cutoff, m.c.status.not_in(ACTIVE))
+                .where(m.c.created_at < cutoff, m.c.status.not_in(status.IN_FLIGHT_VALUES))
                 .order_by(m.c.id)
                 .limit(size)
             )
@@ -148,29 +146,6 @@ def purge(
     return purged
 
 
-# PostgreSQL: every backend's rows move into one row per key with writer 0, which no trigger
-# writes (backend pids are never 0). SKIP LOCKED leaves the rows of a transaction in flight
-# for the next run: waiting for them could close a cycle with a writer that waits for a row
-# deleted here. Returns how many rows it moved.
-_FOLD_PG = """
-WITH moved AS (
-    DELETE FROM undelivered_counts u
-    USING (
-        SELECT account_id, day, status, writer FROM undelivered_counts
-        WHERE writer <> 0 FOR UPDATE SKIP LOCKED
-    ) s
-    WHERE u.account_id = s.account_id AND u.day = s.day AND u.status = s.status
-      AND u.writer = s.writer
-    RETURNING u.account_id, u.day, u.status, u.n
-), folded AS (
-    INSERT INTO undelivered_counts AS c (account_id, day, status, writer, n)
-    SELECT account_id, day, status, 0, sum(n) FROM moved GROUP BY account_id, day, status
-    ON CONFLICT (account_id, day, status, writer) DO UPDATE SET n = c.n + excluded.n
-)
-SELECT count(*) FROM moved
-"""
-
-
 def compact_counts(engine: Engine) -> int:
     """Fold ``undelivered_counts`` into one row per (account, day, status) and delete the rows
     that count nothing; returns how many rows went. On PostgreSQL the triggers give each
@@ -180,11 +155,13 @@ def compact_counts(engine: Engine) -> int:
     folded = select(func.count()).select_from(c).where(c.c.writer == 0)
     removed = 0
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # One compaction at a time (two would update the same writer-0 rows), so the
-            # writer-0 rows it adds are what their count grows by.
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('undelivered_counts'))"))
+        sql = batch.dialect_of(conn)
+        if sql.name == "postgresql":
+            # One compaction at a time, so the writer-0 rows it adds are what their count
+            # grows by.
+            sql.lock_counts(conn)
             before = conn.scalar(folded) or 0
-            removed = (conn.scalar(text(_FOLD_PG)) or 0) - ((conn.scalar(folded) or 0) - before)
+            moved = sql.fold_counts_of_backends(conn)
+            removed = moved - ((conn.scalar(folded) or 0) - before)
         removed += conn.execute(delete(c).where(c.c.writer == 0, c.c.n == 0)).rowcount
     return removed

@@ -11,16 +11,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postwarden import errors
-from postwarden.domain import addresses, clock
+from postwarden.domain import addresses
 from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
-from postwarden.store import accounts, db, queries, recorder, suppression
-from postwarden.store import tables as t
+from postwarden.store import accounts, contacts, db, queries, recorder, suppression
 from postwarden.store.accounts import Account
 from postwarden.web.groupcommit import GroupCommit
 
@@ -321,17 +320,13 @@ def get_broadcast(broadcast_id: int, account: AccountDep, conn: ReadConnDep) -> 
 @router.post("/contacts", status_code=status.HTTP_201_CREATED, summary="Add a contact")
 def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     email = addresses.check(body.email) if body.email else None
-    contact_id = conn.scalar(
-        insert(t.contacts)
-        .values(
-            account_id=account.id,
-            name=body.name,
-            email=email,
-            phone=body.phone,
-            preferences=body.preferences,
-            created_at=clock.now(),
-        )
-        .returning(t.contacts.c.id)
+    contact_id = contacts.create(
+        conn,
+        account.id,
+        name=body.name,
+        email=email,
+        phone=body.phone,
+        preferences=body.preferences,
     )
     return {
         "id": contact_id,
@@ -344,14 +339,7 @@ def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) 
 
 @router.get("/contacts/{contact_id}", summary="One contact")
 def get_contact(contact_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
-    row = conn.execute(
-        select(t.contacts).where(
-            t.contacts.c.id == contact_id, t.contacts.c.account_id == account.id
-        )
-    ).first()
-    if row is None:
-        raise errors.NotFound(f"no contact {contact_id}")
-    return dict(row._mapping)
+    return contacts.get(conn, account.id, contact_id)
 
 
 @router.get("/suppressions", summary="The suppression list (bounced addresses)")

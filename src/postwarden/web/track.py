@@ -26,14 +26,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from postwarden.domain import clock, tokens
 from postwarden.inbound import tracking
 from postwarden.settings import Settings
-from postwarden.store import accounts, queries, suppression
-from postwarden.store import tables as t
+from postwarden.store import accounts, db, queries, suppression
 from postwarden.web.api import AccountDep, ConnDep, ReadConnDep
 from postwarden.web.groupcommit import GroupCommit
 
@@ -181,7 +180,7 @@ async def unsubscribe_page(token: str, request: Request) -> Response:
         return _not_found()
 
     def read() -> tuple[int, str] | None:
-        with state.engine.connect() as conn:
+        with db.reader(state.engine).connect() as conn:
             return tracking.unsubscribable(
                 conn, state.secret, token, transactional=state.settings.transactional
             )
@@ -225,9 +224,7 @@ class AccountPatch(BaseModel):
 
 @api_router.patch("/account", summary="Account settings: engagement tracking on or off")
 def patch_account(body: AccountPatch, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
-    conn.execute(
-        update(t.accounts).where(t.accounts.c.id == account.id).values(tracking=body.tracking)
-    )
+    accounts.set_tracking(conn, account.id, body.tracking)
     suppression.audit(
         conn, account.id, "api", "account.tracking", account.name, tracking=body.tracking
     )

@@ -282,7 +282,7 @@ def logout(request: Request, form: FormDep) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
+def dashboard(request: Request, user: UserDep, conn: api.ReadConnDep) -> Response:
     since, until = queries.report_window(None, None)
     undelivered = queries.count_undelivered(
         conn, user.account_id, queries.LogFilter(since=since, until=until)
@@ -318,7 +318,7 @@ _CHART_GROUPS = [
 
 
 @router.get("/messages", response_class=HTMLResponse)
-def mail_log(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
+def mail_log(request: Request, user: UserDep, conn: api.ReadConnDep) -> Response:
     params = dict(request.query_params)
     error = None
     try:
@@ -406,20 +406,12 @@ def mail_log_csv(request: Request, user: UserDep) -> Response:
 
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
-def message(request: Request, message_id: int, user: UserDep, conn: api.ConnDep) -> Response:
+def message(request: Request, message_id: int, user: UserDep, conn: api.ReadConnDep) -> Response:
     try:
         item = queries.message_detail(conn, user.account_id, message_id)
     except errors.NotFound:
         return _not_found(request, user, f"message {message_id}")
     bounce_mails = queries.bounce_mails(conn, user.account_id, message_id)
-    resend_refusal = None
-    if item["has_attachments"]:
-        resend_refusal = (
-            "It had attachments, and they were deleted once it had left: send it again "
-            "with its attachments from your application."
-        )
-    elif item["status"] in ("pending", "sending", "deferred"):
-        resend_refusal = f"It is still {item['status']}: wait for it, or cancel it."
     return _page(
         request,
         "message.html",
@@ -427,7 +419,7 @@ def message(request: Request, message_id: int, user: UserDep, conn: api.ConnDep)
         nav="messages",
         m=item,
         bounce_mails=bounce_mails,
-        resend_refusal=resend_refusal,
+        resend_refusal=item["resend_refusal"],
         delivered_statuses=queries.DELIVERED_VALUES,
     )
 
@@ -486,7 +478,7 @@ def resend(
 
 
 @router.get("/undelivered", response_class=HTMLResponse)
-def undelivered(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
+def undelivered(request: Request, user: UserDep, conn: api.ReadConnDep) -> Response:
     params = dict(request.query_params)
     error = None
     total = 0
@@ -531,7 +523,9 @@ def undelivered(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
 
 
 @router.get("/suppressions", response_class=HTMLResponse)
-def suppressions(request: Request, user: UserDep, conn: api.ConnDep, search: str = "") -> Response:
+def suppressions(
+    request: Request, user: UserDep, conn: api.ReadConnDep, search: str = ""
+) -> Response:
     entries = suppression.list_entries(conn, user.account_id, search=search.strip(), limit=200)
     return _page(
         request,
@@ -547,7 +541,11 @@ def suppressions(request: Request, user: UserDep, conn: api.ConnDep, search: str
 
 @router.get("/suppressions/remove", response_class=HTMLResponse)
 def confirm_remove(
-    request: Request, user: UserDep, conn: api.ConnDep, address: str, category: str | None = None
+    request: Request,
+    user: UserDep,
+    conn: api.ReadConnDep,
+    address: str,
+    category: str | None = None,
 ) -> Response:
     entries = [
         e
@@ -651,7 +649,9 @@ def remove_block(request: Request, form: FormDep, user: UserDep, conn: api.ConnD
 
 
 @router.get("/broadcasts/{broadcast_id}", response_class=HTMLResponse)
-def broadcast(request: Request, broadcast_id: int, user: UserDep, conn: api.ConnDep) -> Response:
+def broadcast(
+    request: Request, broadcast_id: int, user: UserDep, conn: api.ReadConnDep
+) -> Response:
     try:
         item = queries.broadcast_detail(conn, user.account_id, broadcast_id)
     except errors.NotFound:
