@@ -10,7 +10,6 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -142,17 +141,6 @@ def set_tracking(conn: Connection, account_id: int, on: bool) -> None:
     """Engagement tracking on or off for the account's messages that do not decide for
     themselves. Cached Accounts carry the flag: :func:`forget_keys` once this is committed."""
     conn.execute(update(t.accounts).where(t.accounts.c.id == account_id).values(tracking=on))
-
-
-def tracking_of(conn: Connection, account_ids: Iterable[int]) -> dict[int, bool]:
-    """Each account's tracking setting, by id."""
-    ids = list(account_ids)
-    if not ids:
-        return {}
-    rows = conn.execute(
-        select(t.accounts.c.id, t.accounts.c.tracking).where(t.accounts.c.id.in_(ids))
-    )
-    return {account_id: tracking for account_id, tracking in rows}
 
 
 def count(conn: Connection) -> int:
