@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     inbound_port: int = 2525
     inbound_max_bytes: int = 10 * 1024 * 1024
     inbound_max_connections: int = 100
+    inbound_max_connections_per_client: int = 50
+    """Open connections one client address may hold (the rest get 421, try again later); as
+    Postfix's smtpd_client_connection_count_limit, half the server's."""
     inbound_timeout: float = 60.0
 
     # Engagement tracking (opens, clicks, one-click unsubscribe)

@@ -27,7 +27,7 @@ from postwarden.outbound.dispatcher import Dispatcher
 from postwarden.runtime import Parts
 from postwarden.service import running_inbound
 from postwarden.settings import Settings
-from postwarden.store import accounts, recorder, suppression
+from postwarden.store import accounts, inbound_queue, recorder, suppression
 from postwarden.store import tables as t
 from postwarden.testing.simulator import Simulator, build_dsn
 
@@ -153,9 +153,18 @@ def arf_for(secret: bytes, message_id: int, to: str, feedback_type: str = "abuse
     ).encode()
 
 
-async def smtp_send(port: int, rcpts: list[str], data: bytes, sender: str = "") -> tuple[int, str]:
-    """One SMTP transaction; returns the reply to DATA (RCPT refusals raise)."""
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+async def smtp_send(
+    port: int, rcpts: list[str], data: bytes, sender: str = "", source: str = "127.0.0.1"
+) -> tuple[int, str]:
+    """One SMTP transaction (from the loopback address ``source``); returns the reply to DATA
+    (RCPT refusals raise)."""
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=port,
+        start_tls=False,
+        timeout=10,
+        source_address=(source, 0),
+    )
     await client.connect()
     try:
         await client.mail(sender)
@@ -325,14 +334,17 @@ async def test_data_is_stored_as_sent_however_it_arrives(
     server: InboundServer, engine: Engine, account: accounts.Account
 ) -> None:
     """The DATA reader takes the mail in chunks: split writes, dot-stuffed lines, lines ending
-    with a dot, an empty mail, a mail longer than a read and commands sent right behind the
-    end all give back exactly what the client meant, and each mail its own reply."""
+    with a dot, an empty mail, a mail longer than a read, lines far longer than RFC 5321's
+    1,000 octets and than the reader's buffer, and commands sent right behind the end all give
+    back exactly what the client meant, and each mail its own reply."""
     mails = [
         b"Subject: dots\r\n\r\n..starts with a dot\r\nends with a dot.\r\n.\r\nx.\r\n",
         b"",
         b"Subject: long\r\n\r\n" + b"0123456789abcdef.\r\n" * 4000,  # ~76 KB
         b"Subject: no dots\r\n\r\n" + (b"x" * 70 + b"\r\n") * 400,  # longer than a read
         b".\r\n",  # one line holding a single dot
+        b"Subject: wide\r\n\r\n" + b"w" * 20_000 + b"\r\n",  # over the old 16 KiB limit
+        b"Subject: wider\r\n\r\n" + b"v." * 100_000 + b"\r\n" + b"u" * 50_000 + b".\r\n",
     ]
     rcpt = f"fbl@{BOUNCE_DOMAIN}"
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -361,12 +373,6 @@ async def test_data_is_stored_as_sent_however_it_arrives(
         writer.write(b"Subject: last\r\n\r\nbye\r\n.\r\nNOOP\r\n")
         assert (await reply()).startswith(b"250 2.0.0 Ok: queued")
         assert (await reply()).startswith(b"250 ")  # the NOOP
-        # A line over the limit is refused, and the connection stays in step.
-        writer.write(b"MAIL FROM:<>\r\nRCPT TO:<" + rcpt.encode() + b">\r\nDATA\r\n")
-        assert [(await reply())[:3] for _ in range(3)] == [b"250", b"250", b"354"]
-        writer.write(b"Subject: wide\r\n\r\n" + b"w" * 20_000 + b"\r\n.\r\nNOOP\r\n")
-        assert (await reply()).startswith(b"500 ")
-        assert (await reply()).startswith(b"250 ")
         writer.write(b"QUIT\r\n")
         assert (await reply()).startswith(b"221 ")
     finally:
@@ -420,6 +426,66 @@ async def test_connection_limit_answers_421(
         assert code == 250
 
 
+async def test_idle_sockets_from_one_client_keep_no_one_else_out(
+    settings: Settings, engine: Engine, account: accounts.Account, parts: Parts
+) -> None:
+    """Issue 13: 100 idle sockets from one client got every legitimate bounce a 421 for 60 s.
+    One client address holds at most its share (the rest of its connections get 421, try
+    again later); another client's bounce is taken and applied meanwhile."""
+    mid = make_message(engine, account, "gone@example.test", Kind.RELAYED)
+    async with InboundServer(parts, host="127.0.0.1", port=0) as srv:
+        assert (srv.max_connections, srv.max_per_client) == (100, 50)
+        idle = []
+        try:
+            greetings = []
+            for _ in range(100):
+                reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+                idle.append(writer)
+                greetings.append((await asyncio.wait_for(reader.readline(), 5))[:4])
+            assert greetings.count(b"220 ") == 50
+            assert greetings.count(b"421 ") == 50
+            rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+            raw = dsn_for(parts.secret, mid, "gone@example.test")
+            code, _ = await smtp_send(srv.port, [rcpt], raw, source="127.0.0.2")
+            assert code == 250
+            with pytest.raises(aiosmtplib.SMTPConnectResponseError) as refused:
+                await smtp_send(srv.port, [rcpt], raw)  # the busy client itself: later
+            assert refused.value.code == 421
+        finally:
+            for writer in idle:
+                writer.close()
+    assert await process(parts) == 1
+    assert message(engine, mid).status == "bounced"
+
+
+async def test_a_fault_in_a_session_is_a_temporary_failure(
+    server: InboundServer,
+    parts: Parts,
+    engine: Engine,
+    account: accounts.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected exception while handling a command is ours, not the sender's: 451 (try
+    again later), never aiosmtpd's "500 Error: (...)" that makes the sender drop the bounce;
+    the session goes on."""
+    from postwarden.inbound.mail import server as inbound_server
+
+    async def broken(*args: Any) -> str:
+        raise RuntimeError("handler exploded")
+
+    monkeypatch.setattr(inbound_server._Handler, "handle_DATA", broken)
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await smtp_send(server.port, [f"fbl@{BOUNCE_DOMAIN}"], b"Subject: x\r\n\r\nx\r\n")
+    assert (refused.value.code, refused.value.message) == (
+        451,
+        "4.3.0 Temporary failure, try again later",
+    )
+    monkeypatch.undo()
+    code, _ = await smtp_send(server.port, [f"fbl@{BOUNCE_DOMAIN}"], b"Subject: y\r\n\r\ny\r\n")
+    assert code == 250
+    assert [bytes(r.raw) for r in inbound_rows(engine)] == [b"Subject: y\r\n\r\ny\r\n"]
+
+
 async def test_idle_connection_times_out(
     settings: Settings, engine: Engine, account: accounts.Account
 ) -> None:
@@ -437,45 +503,97 @@ async def test_idle_connection_times_out(
 # region what the reports do
 
 
-async def test_mangled_mime_is_kept_raw_and_never_crashes(
+async def test_mangled_mime_is_kept_raw_and_ends_as_it_reads(
     server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
 ) -> None:
-    mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
-    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
-    good = dsn_for(parts.secret, mid, "x@example.test")
-    samples = [
-        bytes(range(256)).replace(b"\r", b"").replace(b"\n", b"\r\n"),
-        good[: len(good) // 2],  # truncated multipart
-        b'Content-Type: multipart/report; boundary="nope"\r\n\r\n--nope\r\n'
-        b"Content-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822;",
-        b"\x00\xff\xfe garbage \x80\r\n",
-    ]
-    for raw in samples:
+    """Damaged mails are stored as they came. One whose delivery status survived is applied;
+    the others are "unmatched", still tied to the message their VERP address names."""
+    samples: list[tuple[bytes, str, str]] = []
+    mids = []
+    for n in range(5):
+        to = f"mangled{n}@example.test"
+        mid = make_message(engine, account, to, Kind.RELAYED)
+        good = dsn_for(parts.secret, mid, to)
+        mids.append(mid)
+        samples.append(
+            [
+                (
+                    bytes(range(256)).replace(b"\r", b"").replace(b"\n", b"\r\n"),
+                    "unmatched",
+                    "sent",
+                ),
+                # cut inside the returned headers: the delivery status is whole
+                (good[: good.index(b"Subject: Your order")], "done", "bounced"),
+                (
+                    b'Content-Type: multipart/report; boundary="nope"\r\n\r\n--nope\r\n'
+                    b"Content-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822;",
+                    "unmatched",
+                    "sent",
+                ),
+                (b"\x00\xff\xfe garbage \x80\r\n", "unmatched", "sent"),
+                (good.replace(b"5.1.1", b"5.x.1").replace(b"550", b"5x0"), "done", "bounced"),
+            ][n]
+        )
+    for mid, (raw, _state, _status) in zip(mids, samples, strict=True):
+        rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
         code, _ = await smtp_send(server.port, [rcpt], raw)
         assert code == 250
     assert await process(parts) == len(samples)
     rows = inbound_rows(engine)
-    assert [bytes(r.raw) for r in rows] == [on_the_wire(raw) for raw in samples]
-    assert all(r.state in ("done", "unmatched", "error") for r in rows)
-    # A bounce to a VERP address is about that message even when it cannot be read.
-    assert message(engine, mid).status in ("sent", "bounced")
+    assert [bytes(r.raw) for r in rows] == [on_the_wire(raw) for raw, _s, _t in samples]
+    assert [(r.state, r.message_id) for r in rows] == [
+        (state, mid) for mid, (_raw, state, _t) in zip(mids, samples, strict=True)
+    ]
+    assert [message(engine, mid).status for mid in mids] == [t for _r, _s, t in samples]
+    assert message(engine, mids[1]).reason == "userunknown"
 
 
 _examples = itertools.count()
-
-
-@hsettings(
+_fuzzed = hsettings(
     max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@_fuzzed
+@given(
+    junk=st.binary(max_size=300),
+    cut=st.integers(min_value=0, max_value=4000),
+    at=st.integers(min_value=0, max_value=4000),
+)
+def test_damage_after_the_delivery_status_still_bounces(
+    parts: Parts, engine: Engine, account: accounts.Account, junk: bytes, cut: int, at: int
+) -> None:
+    """A DSN cut short or garbled anywhere after its delivery-status part (in the returned
+    headers, where mailers truncate and mangle) is still read and applied: the message is
+    bounced with the reason its status gives."""
+    to = f"h{next(_examples)}@example.test"  # the database outlives each example
+    mid = make_message(engine, account, to, Kind.RELAYED)
+    good = dsn_for(parts.secret, mid, to)
+    after = good.index(b"Content-Description: Undelivered Message Headers")
+    kept = good[: after + cut]
+    at = min(after + at, len(kept))
+    raw = kept[:at] + junk + kept[at:]
+    rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
+    inbound_id = InboundServer(parts, host="127.0.0.1", port=0).store("p", "", [rcpt], raw)
+    apply.process_pending(parts)
+    with engine.connect() as conn:
+        row = conn.execute(select(t.inbound_mails).where(t.inbound_mails.c.id == inbound_id)).one()
+    assert bytes(row.raw) == raw
+    assert (row.state, row.kind, row.error) == ("done", "bounce", None)
+    found = message(engine, mid)
+    assert (found.status, found.reason) == ("bounced", "userunknown")
+
+
+@_fuzzed
 @given(
     junk=st.binary(max_size=300),
     cut=st.integers(min_value=0, max_value=4000),
     at=st.integers(min_value=0, max_value=4000),
     use_dsn=st.booleans(),
 )
-def test_random_and_truncated_mime_through_store_and_process(
+def test_random_and_truncated_mime_end_as_the_parser_reads_them(
     parts: Parts,
     engine: Engine,
     account: accounts.Account,
@@ -484,7 +602,11 @@ def test_random_and_truncated_mime_through_store_and_process(
     at: int,
     use_dsn: bool,
 ) -> None:
-    to = f"h{next(_examples)}@example.test"  # the database outlives each example
+    """Whatever the damage, the stored mail ends as its parse says: "error" (with the
+    exception's text) exactly when the parser fails, "done" and the message bounced when it
+    finds a bounce, "unmatched" (still tied to the VERP address's message) when it finds
+    nothing; the raw mail is kept either way."""
+    to = f"r{next(_examples)}@example.test"
     mid = make_message(engine, account, to, Kind.RELAYED)
     rcpt = verp.address(parts.secret, mid, BOUNCE_DOMAIN)
     if use_dsn:
@@ -492,13 +614,28 @@ def test_random_and_truncated_mime_through_store_and_process(
         raw = good[:at] + junk + good[at:]
     else:
         raw = junk
+    try:
+        report: dsn.Report | None = dsn.parse(raw)
+    except Exception:
+        report = None
     inbound_id = InboundServer(parts, host="127.0.0.1", port=0).store("p", "", [rcpt], raw)
     apply.process_pending(parts)
     with engine.connect() as conn:
         row = conn.execute(select(t.inbound_mails).where(t.inbound_mails.c.id == inbound_id)).one()
     assert bytes(row.raw) == raw
-    assert row.state in ("done", "unmatched", "error")
-    assert message(engine, mid).status in ("sent", "bounced")
+    assert row.message_id == mid and row.account_id == account.id
+    status = message(engine, mid).status
+    if report is None:
+        assert row.state == "error" and row.error
+        assert status == "sent"
+    elif any(r.kind is dsn.Kind.BOUNCE for r in report.recipients):
+        assert (row.state, row.kind, status) == ("done", "bounce", "bounced")
+    elif report.recipients:
+        assert row.state == "done" and status in ("sent", "delivered")
+    elif report.kind is dsn.Kind.AUTOREPLY:
+        assert (row.state, row.kind, status) == ("done", "autoreply", "sent")
+    else:
+        assert (row.state, row.kind, status) == ("unmatched", report.kind.value, "sent")
 
 
 async def test_large_mail_is_kept_whole_and_applied(
@@ -526,20 +663,62 @@ async def test_parser_fault_marks_error_and_keeps_raw(
     account: accounts.Account,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(raw: bytes) -> Any:
+    """A fault inside the parser (here: in its MIME walk) reaches the applying, which stores
+    the mail as "error" with the exception's text, for the account and message its VERP
+    address names; the raw mail stays and the message is unchanged. The other mails of the
+    batch are applied."""
+
+    def broken(*args: Any) -> None:
         raise RuntimeError("parser exploded")
 
-    monkeypatch.setattr(apply.dsn, "parse", broken)
     mid = make_message(engine, account, "x@example.test", Kind.RELAYED)
+    other = make_message(engine, account, "y@example.test", Kind.RELAYED)
     raw = dsn_for(parts.secret, mid, "x@example.test")
     code, _ = await smtp_send(server.port, [verp.address(parts.secret, mid, BOUNCE_DOMAIN)], raw)
     assert code == 250  # stored before any parsing
-    assert await process(parts) == 1
-    (row,) = inbound_rows(engine)
-    assert row.state == "error"
-    assert "parser exploded" in row.error
-    assert bytes(row.raw) == raw
+    unhurt = dsn_for(parts.secret, other, "y@example.test")
+    await smtp_send(server.port, [verp.address(parts.secret, other, BOUNCE_DOMAIN)], unhurt)
+    real_walk = dsn._walk
+    calls = itertools.count()
+    # Only the first mail's walk fails (the walk recurses: count top-level calls).
+    monkeypatch.setattr(
+        dsn,
+        "_walk",
+        lambda part, found, depth=0: (
+            broken() if depth == 0 and next(calls) == 0 else real_walk(part, found, depth)
+        ),
+    )
+    assert await process(parts) == 2
+    first, second = inbound_rows(engine)
+    assert first.state == "error"
+    assert first.error.startswith("RuntimeError: parser exploded (in broken, ")
+    assert (first.account_id, first.message_id, first.kind) == (account.id, mid, None)
+    assert bytes(first.raw) == raw
     assert message(engine, mid).status == "sent"
+    assert events(engine, mid, "dsn") == []
+    assert (second.state, second.error) == ("done", None)
+    assert message(engine, other).status == "bounced"
+
+
+async def test_unreadable_mail_to_a_feedback_address_is_the_accounts(
+    server: InboundServer,
+    parts: Parts,
+    engine: Engine,
+    account: accounts.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a VERP address the unreadable mail still belongs to the account whose bounce
+    domain received it (its operators are shown it)."""
+
+    def broken(raw: bytes) -> Any:
+        raise ValueError("cannot read this")
+
+    monkeypatch.setattr(dsn, "_parse", broken)
+    await smtp_send(server.port, [f"postmaster@{BOUNCE_DOMAIN}"], b"Subject: x\r\n\r\nx\r\n")
+    await process(parts)
+    (row,) = inbound_rows(engine)
+    assert (row.state, row.account_id, row.message_id) == ("error", account.id, None)
+    assert row.error.startswith("ValueError: cannot read this (in broken, ")
 
 
 async def test_same_dsn_twice_changes_nothing(
@@ -678,6 +857,10 @@ async def test_bounce_after_delivered_keeps_delivered_and_suppresses(
 async def test_matching_by_returned_headers_then_by_address(
     server: InboundServer, parts: Parts, engine: Engine, account: accounts.Account
 ) -> None:
+    """A bounce at postmaster@ quoting Postwarden's own token (X-Postwarden-Id, Message-ID) is
+    applied; one that only names an address Postwarden mailed proves nothing: it is kept for
+    review ("unverified") beside the latest message to that address, which it leaves as it
+    was."""
     by_header = make_message(engine, account, "one@example.test", Kind.RELAYED)
     make_message(engine, account, "two@example.test", Kind.RELAYED)  # older one to "two"
     by_address = make_message(engine, account, "two@example.test", Kind.RELAYED)
@@ -696,9 +879,15 @@ async def test_matching_by_returned_headers_then_by_address(
     )
     await process(parts)
     assert events(engine, by_header, "dsn")[0].data["matched_by"] == "header"
-    assert events(engine, by_address, "dsn")[0].data["matched_by"] == "address"
-    assert message(engine, by_address - 1).status == "sent"  # only the most recent one
-    assert [r.state for r in inbound_rows(engine)] == ["done", "done", "unmatched"]
+    assert events(engine, by_address, "dsn") == []
+    assert message(engine, by_address).status == "sent"
+    assert message(engine, by_address - 1).status == "sent"
+    assert suppressed(engine, account.id, "two@example.test") is None
+    assert [(r.state, r.message_id, r.account_id) for r in inbound_rows(engine)] == [
+        ("done", by_header, account.id),
+        ("unverified", by_address, account.id),
+        ("unmatched", None, account.id),
+    ]
 
 
 async def test_autoreply_is_done_without_a_fact(
@@ -720,12 +909,12 @@ async def test_claim_takes_each_mail_once(parts: Parts, engine: Engine) -> None:
     store = InboundServer(parts, host="127.0.0.1", port=0).store
     ids = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x") for _ in range(5)]
     with engine.begin() as conn:
-        first = apply.claim(conn, 3)
+        first = inbound_queue.claim(conn, 3)
     with engine.begin() as conn:
-        second = apply.claim(conn, 10)
+        second = inbound_queue.claim(conn, 10)
     assert first == ids[:3] and second == ids[3:]
     with engine.begin() as conn:
-        assert apply.claim(conn, 10) == []
+        assert inbound_queue.claim(conn, 10) == []
 
 
 @pytest.mark.parametrize(
@@ -737,9 +926,9 @@ def test_concurrent_claims_skip_each_others_rows(parts: Parts, engine: Engine) -
     ids = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x") for _ in range(4)]
     with engine.connect() as a, engine.connect() as b:
         with a.begin():
-            first = apply.claim(a, 2)
+            first = inbound_queue.claim(a, 2)
             with b.begin():  # while the first claim is not yet committed
-                second = apply.claim(b, 10)
+                second = inbound_queue.claim(b, 10)
     assert first == ids[:2] and second == ids[2:]
 
 
@@ -800,15 +989,15 @@ def test_a_mail_left_processing_by_a_dead_process_is_claimed_again(
     store = InboundServer(parts, host="127.0.0.1", port=0).store
     (inbound_id,) = [store("p", "", [f"fbl@{BOUNCE_DOMAIN}"], b"x")]
     with engine.begin() as conn:
-        assert apply.claim(conn, 10) == [inbound_id]  # ... and then the process dies
+        assert inbound_queue.claim(conn, 10) == [inbound_id]  # ... and then the process dies
     with engine.begin() as conn:
-        assert apply.claim(conn, 10) == [], "a fresh claim is left alone"
+        assert inbound_queue.claim(conn, 10) == [], "a fresh claim is left alone"
         conn.execute(
             update(t.inbound_mails).values(
-                claimed_at=clock.now() - apply.CLAIM_TIMEOUT - timedelta(seconds=1)
+                claimed_at=clock.now() - inbound_queue.CLAIM_TIMEOUT - timedelta(seconds=1)
             )
         )
-        assert apply.claim(conn, 10) == [inbound_id]
+        assert inbound_queue.claim(conn, 10) == [inbound_id]
 
 
 async def test_a_dead_worker_is_replaced_and_nothing_is_lost(

@@ -502,6 +502,65 @@ def test_every_page_at_360_px(browser: Browser, site: Site) -> None:
     page.context.close()
 
 
+def test_inbound_mail_to_review(
+    browser: Browser, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable mail and a forged bounce (no token, naming a delivered message's
+    address), through the real applying: the dashboard says so, the review page lists them
+    beside the message, and the raw mail opens as text."""
+    from postwarden.inbound.mail import apply, dsn
+    from postwarden.inbound.mail.server import InboundServer
+
+    real = dsn._parse_message
+
+    def faulty(message: Any, depth: int = 0) -> dsn.Report:
+        if message.get("X-Test-Fault"):
+            raise ValueError("planted parser fault")
+        return real(message, depth)
+
+    monkeypatch.setattr(dsn, "_parse_message", faulty)
+    parts = runtime.Parts(Settings(secret_key="browser-test"), site.engine, b"browser-test")
+    store = InboundServer(parts, host="127.0.0.1", port=0).store
+    forged = build_dsn(
+        reporting_mta="mx.elsewhere.test",
+        original=b"To: <customer3@example.test>\r\nSubject: Spring sale\r\n\r\nhi\r\n",
+        recipient="customer3@example.test",
+        status="5.1.1",
+        diagnostic="550 5.1.1 User unknown",
+        sender="postmaster@bounces.acme.test",
+    )
+    unreadable = b"X-Test-Fault: 1\r\nSubject: cannot read me\r\n\r\nbody\r\n"
+    store("192.0.2.7:25", "", ["postmaster@bounces.acme.test"], forged)
+    raw_id = store("192.0.2.8:25", "", ["postmaster@bounces.acme.test"], unreadable)
+    apply.process_pending(parts)
+
+    page = _sign_in(browser, site)
+    note = page.get_by_role("note").filter(has_text="inbound mail")
+    expect(note).to_contain_text("1 inbound mail could not be read in the last 30 days.")
+    expect(note).to_contain_text("1 bounce could not be verified and changed nothing.")
+    note.get_by_role("link", name="Review inbound mail").click()
+    expect(page.get_by_role("heading", name="Inbound mail to review", level=1)).to_be_visible()
+    expect(page.get_by_role("heading", name="Could not be read (1)")).to_be_visible()
+    expect(page.locator("section").first).to_contain_text("ValueError: planted parser fault")
+    unverified = page.locator("#unverified")
+    expect(unverified).to_contain_text("customer3@example.test, still")
+    expect(unverified.locator(".badge").first).to_have_text("unverified")
+    _shot(page, "inbound")
+    unverified.get_by_role("link", name=re.compile(r"^message \d+$")).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("to customer3@example.test")
+    page.goto("/inbound")
+    page.get_by_role("link", name=f"mail {raw_id}").click()
+    expect(page.locator("body")).to_contain_text("Subject: cannot read me")
+    page.goto("/inbound")
+    page.set_viewport_size({"width": 360, "height": 740})
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"/inbound scrolls sideways at 360 px by {overflow}px"
+    _shot(page, "inbound")
+    page.context.close()
+
+
 def test_screenshots_exist() -> None:
     names = sorted(p.name for p in SHOTS.glob("*.png"))
     assert len(names) >= 14, names

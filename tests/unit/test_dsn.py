@@ -7,7 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from postwarden.inbound.mail import dsn
 from postwarden.inbound.mail.dsn import Kind, Report, parse, parse_bounce_lines, split_mbox
+from postwarden.outbound.channels.email import compose
 
 HUMAN = "This is the mail system at host mx.example.org.\n\nYour message could not be delivered.\n"
 
@@ -328,19 +330,44 @@ def test_ordinary_mail_is_unknown() -> None:
         b"Content-Type: multipart/report; boundary=x\n\n--x\n",
         b"From: \n\n",
         b"Subject: =?utf-8?q?broken\n\n\xff\xff",
+        b"Subject: =?utf-8?b?YWJj?= and =?utf-8?b?Y?=\n\nx",  # bad base64: HeaderParseError
         b"\r\n\r\n\r\n",
     ],
 )
-def test_garbage_never_raises(raw: bytes) -> None:
+def test_garbage_is_unknown(raw: bytes) -> None:
     report = parse(raw)
-    assert isinstance(report, Report)
-    assert not any(r.kind is Kind.BOUNCE for r in report.recipients)
+    assert (report.kind, report.recipients) == (Kind.UNKNOWN, ())
 
 
-def test_truncated_dsn_never_raises() -> None:
+def test_truncated_dsn_reads_what_is_left() -> None:
+    """Cut anywhere, a DSN parses; cut after its delivery-status part, it still gives the
+    recipient, its status and reason."""
     raw = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")], original=_original())
-    for cut in range(0, len(raw), 97):
-        assert isinstance(parse(raw[:cut]), Report)
+    whole = raw.index(b"--BOUNDARY-1", raw.index(b"Diagnostic-Code"))
+    read = 0
+    for cut in range(0, len(raw) + 1, 13):
+        report = parse(raw[:cut])
+        if cut >= whole:
+            (r,) = report.recipients
+            assert (r.address, r.status, r.verdict and r.verdict.reason) == (
+                "a@example.jp",
+                "5.1.1",
+                "userunknown",
+            )
+            read += 1
+    assert read > 20
+
+
+def test_a_fault_of_the_parser_is_raised_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller records a parser fault as such (``apply`` stores the mail as "error"); a
+    parse that hid it as "unknown" would lose the bounce silently."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("walk failed")
+
+    monkeypatch.setattr(dsn, "_walk", broken)
+    with pytest.raises(RuntimeError, match="walk failed"):
+        parse(_dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")]))
 
 
 def test_split_mbox() -> None:
@@ -379,6 +406,7 @@ def test_parse_bounce_lines(tmp_path) -> None:
 
 
 _SAMPLE = _dsn([_failed("a@example.jp", "5.1.1", "550 5.1.1 User unknown")], original=_original())
+_RETURNED_AT = _SAMPLE.index(b"Content-Type: message/rfc822")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -396,6 +424,121 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
 def test_mutated_mime_never_raises(cut: int, junk: bytes, at: int) -> None:
     raw = _SAMPLE[:at] + junk + _SAMPLE[at:]
     assert isinstance(parse(raw[: cut + len(junk)]), Report)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.binary(max_size=64).filter(lambda b: b"--" not in b),
+    st.integers(min_value=0, max_value=len(_SAMPLE) - _RETURNED_AT),
+    st.integers(min_value=0, max_value=len(_SAMPLE) - _RETURNED_AT),
+)
+def test_damage_in_the_returned_message_keeps_the_bounce(junk: bytes, at: int, cut: int) -> None:
+    """Junk in, or a cut of, the returned message (where relays mangle) leaves the report's
+    recipient, status and reason as they were."""
+    raw = _SAMPLE[: _RETURNED_AT + at] + junk + _SAMPLE[_RETURNED_AT + at :]
+    (r,) = parse(raw[: _RETURNED_AT + cut + len(junk)]).recipients
+    assert (r.address, r.status, r.verdict and r.verdict.reason) == (
+        "a@example.jp",
+        "5.1.1",
+        "userunknown",
+    )
+
+
+def _composed(text: str, html: str | None = None, subject: str = "Grüße aus Köln") -> bytes:
+    """A message as Postwarden sends it: UTF-8 text goes out as 8bit."""
+    content = compose.Content("shop@acme.test", "Läden", subject, text, html)
+    return compose.Composer().build(
+        content_id=1,
+        content=content,
+        to="kijitora@example.jp",
+        token="tok8bit",
+        message_id_domain="bounces.acme.test",
+    )
+
+
+def _bounce_of(original: bytes, *, returned: str, blank_lines: bytes = b"\r\n") -> bytes:
+    """A DSN returning ``original`` whole (message/rfc822) or its headers
+    (text/rfc822-headers), after ``blank_lines`` as some MTAs write them, 8 bits untouched."""
+    body = original if returned == "message/rfc822" else original.split(b"\r\n\r\n")[0]
+    return (
+        b"From: MAILER-DAEMON@mx.example.jp\r\n"
+        b"To: b+tok8bit@bounces.acme.test\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="R8"\r\n'
+        b"\r\n--R8\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        b"Die Nachricht konnte nicht zugestellt werden.\r\n"
+        b"\r\n--R8\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.jp\r\n\r\n"
+        b"Final-Recipient: rfc822; kijitora@example.jp\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"
+        b"\r\n--R8\r\nContent-Type: "
+        + returned.encode()
+        + b"\r\n\r\n"
+        + blank_lines
+        + body
+        + b"\r\n--R8--\r\n"
+    )
+
+
+@pytest.mark.parametrize("returned", ["message/rfc822", "text/rfc822-headers"])
+@pytest.mark.parametrize("blank_lines", [b"", b"\r\n", b"\r\n\r\n"])
+@pytest.mark.parametrize(
+    "original",
+    [
+        pytest.param(_composed("Hallo Welt, schöne Grüße!"), id="8bit-text"),
+        pytest.param(_composed("Ünïcödé", "<p>Ünïcödé ✓</p>", subject="ok"), id="8bit-alt"),
+        pytest.param(_composed("plain ascii"), id="ascii"),
+    ],
+)
+def test_postwardens_own_8bit_mail_bounced_back(
+    original: bytes, returned: str, blank_lines: bytes
+) -> None:
+    """Issue 13: a returned message after a blank line, holding 8-bit bytes, was read as
+    "unknown". Postwarden sends UTF-8 as 8bit, so this is what its own bounces look like."""
+    assert b"8bit" in original or original.isascii()
+    report = parse(_bounce_of(original, returned=returned, blank_lines=blank_lines))
+    assert report.kind is Kind.BOUNCE
+    (r,) = report.recipients
+    assert (r.address, r.status, r.verdict and r.verdict.reason) == (
+        "kijitora@example.jp",
+        "5.1.1",
+        "userunknown",
+    )
+    assert report.returned_headers["x-postwarden-id"] == "tok8bit"
+    assert report.original_message_id == "tok8bit@bounces.acme.test"
+
+
+def test_eight_bit_in_a_global_delivery_status_is_read_as_utf8() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.jp\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=global-delivery-status; boundary="G"\r\n'
+        b"\r\n--G\r\nContent-Type: text/plain\r\n\r\nfailed\r\n"
+        b"--G\r\nContent-Type: message/global-delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.jp\r\n\r\n"
+        b"Final-Recipient: utf-8; " + "jürgen@example.jp".encode() + b"\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\n\r\n"
+        b"Final-Recipient: utf-8; " + "zoë@example.jp".encode() + b"\r\nAction: failed\r\n"
+        b"Status: 5.2.2\r\n\r\n--G--\r\n"
+    )
+    report = parse(raw)
+    assert [(r.address, r.status) for r in report.recipients] == [
+        ("jürgen@example.jp", "5.1.1"),
+        ("zoë@example.jp", "5.2.2"),
+    ]
+
+
+def test_parse_bounce_lines_reports_a_parser_fault(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "b.eml"
+    path.write_bytes(b"Subject: x\n\nx\n")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("walk failed")
+
+    monkeypatch.setattr(dsn, "_walk", broken)
+    assert parse_bounce_lines(str(path)) == [
+        {"file": str(path), "kind": "error", "error": "RuntimeError: walk failed"}
+    ]
 
 
 def test_declared_boundary_missing_uses_the_boundary_present() -> None:

@@ -344,7 +344,11 @@ inbound_mails = Table(
     Column("kind", String(16)),
     Column("error", Text),
     Column("account_id", ForeignKey("accounts.id", ondelete="SET NULL")),
+    # The message the mail names by a signed token, or (state "unverified") the one an address
+    # alone points to: a candidate for review, never acted on.
+    Column("message_id", ForeignKey("messages.id", ondelete="SET NULL")),
     Index(None, "state", "id"),
+    Index(None, "message_id"),
 )
 """Every mail the inbound server accepted, raw, stored before it is parsed."""
 

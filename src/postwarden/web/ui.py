@@ -29,7 +29,7 @@ from postwarden import errors
 from postwarden.domain import addresses
 from postwarden.domain.status import UNDELIVERED, Status
 from postwarden.intake import accept
-from postwarden.store import accounts, db, queries, recorder, suppression, users
+from postwarden.store import accounts, db, inbound_queue, queries, recorder, suppression, users
 from postwarden.web import api
 
 HERE = Path(__file__).parent
@@ -305,6 +305,7 @@ def dashboard(request: Request, user: UserDep, conn: api.ReadConnDep) -> Respons
         groups=_CHART_GROUPS,
         broadcasts=broadcasts,
         suppressed=queries.suppression_count(conn, user.account_id),
+        inbound=inbound_queue.review_counts(conn, user.account_id, since),
     )
 
 
@@ -685,6 +686,44 @@ def broadcast(
         status=status,
         next_url=_with(filters, cursor=page.next_cursor) if page.next_cursor else None,
         first_url=_with(filters) if params.get("cursor") else None,
+    )
+
+
+# endregion
+# region inbound mail to review
+
+
+@router.get("/inbound", response_class=HTMLResponse)
+def inbound_review(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
+    """The inbound mails of the last 30 days that changed nothing and need a person: those
+    that could not be read, and bounces that carry no proof that Postwarden sent what they
+    are about."""
+    since, _until = queries.report_window(None, None)
+    mails = inbound_queue.to_review(conn, user.account_id, since)
+    return _page(
+        request,
+        "inbound_review.html",
+        user,
+        nav="dashboard",
+        since=since.date(),
+        unreadable=[m for m in mails if m["state"] == inbound_queue.ERROR],
+        unverified=[m for m in mails if m["state"] == inbound_queue.UNVERIFIED],
+    )
+
+
+@router.get("/inbound/{inbound_id}/raw")
+def inbound_raw(request: Request, inbound_id: int, user: UserDep, conn: api.ConnDep) -> Response:
+    """One inbound mail exactly as it was received, as plain text (never rendered)."""
+    raw = inbound_queue.mail(conn, user.account_id, inbound_id)
+    if raw is None:
+        return _not_found(request, user, f"inbound mail {inbound_id}")
+    return Response(
+        raw,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f'inline; filename="inbound-{inbound_id}.eml"',
+        },
     )
 
 

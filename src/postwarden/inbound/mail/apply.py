@@ -1,64 +1,41 @@
 """Apply stored inbound mails: parse each one, find the message it is about, record what it says.
 
 The server only stores raw mails (state "new"). Here each is claimed ("processing"), parsed with
-``dsn.parse`` and matched to messages, and its facts go through ``recorder.record`` like every
-other source: success -> delivered, delay -> delayed, bounce -> bounced (with the classifier's
-reason), complaint -> complained (and the address suppressed). The mail ends "done",
-"unmatched" (about no message we know) or "error" (the exception's text; the raw stays).
+``dsn.parse``, matched to messages (:mod:`postwarden.inbound.match`), and its facts go through
+``recorder.record`` like every other source: success -> delivered, delay -> delayed, bounce ->
+bounced (with the classifier's reason), complaint -> complained (and the address suppressed).
+Each mail ends in one of the states of :mod:`postwarden.store.inbound_queue`:
 
-Matching, strongest evidence first:
-
-1. the VERP token of the envelope recipient (``b+<token>@<bounce domain>``);
-2. the token quoted back in the returned headers: ``X-Postwarden-Id``, or the Message-ID
-   ``<token@bounce domain>``;
-3. the recipient's address: the most recent message to it within 30 days, in the accounts
-   whose bounce domain received the mail.
+- "done": its facts are recorded (or it has none to record: an auto-reply, a not-spam report);
+- "unverified": it names an address Postwarden mailed, but no signed token proves it is about
+  a message Postwarden sent. Anyone can write such a bounce, so it is kept for review beside
+  its candidate message and changes no status and suppresses nothing;
+- "unmatched": it is about no message we know;
+- "error": it could not be read. The exception's text is kept with the raw mail and shown to
+  the operators; a parser fault is a fact, never a silent "unmatched".
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import traceback
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, or_, select, update
+from sqlalchemy import Connection
 
-from postwarden.domain import addresses, classify, clock, verp
-from postwarden.domain.status import Kind, Status
+from postwarden.domain import addresses, classify
+from postwarden.domain.status import Kind
+from postwarden.inbound import match
 from postwarden.inbound.mail import dsn
 from postwarden.runtime import Parts
-from postwarden.store import batch, db, recorder, suppression
-from postwarden.store import tables as t
+from postwarden.store import db, inbound_queue, matching, recorder, suppression
+from postwarden.store.inbound_queue import DONE, ERROR, UNMATCHED, UNVERIFIED, Outcome, Stored
 
-__all__ = ["ERROR", "MATCH_WINDOW", "claim", "process_pending"]
+__all__ = ["BATCH", "GATHER", "process_pending"]
 
 log = logging.getLogger(__name__)
-
-NEW = "new"
-PROCESSING = "processing"
-DONE = "done"
-UNMATCHED = "unmatched"
-ERROR = "error"
-
-MATCH_WINDOW = timedelta(days=30)
-"""How far back an address-only match looks for the message a report is about."""
-
-_ATTEMPTED = tuple(
-    s.value
-    for s in (
-        Status.SENDING,
-        Status.DEFERRED,
-        Status.SENT,
-        Status.DELIVERED,
-        Status.OPENED,
-        Status.CLICKED,
-        Status.BOUNCED,
-    )
-)
-"""Statuses of messages that could have reached the recipient's side (address matching)."""
 
 _RECIPIENT_KIND = {
     dsn.Kind.SUCCESS: Kind.DELIVERED,
@@ -70,265 +47,168 @@ _UNSUBSCRIBE_TYPES = frozenset({"opt-out", "unsubscribe"})
 """ARF feedback types. Others (``not-spam``, ``auth-failure``, ``virus``) are not the
 recipient asking to stop: they are kept but change no message."""
 
-im = t.inbound_mails
-m = t.messages
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    id: int
-    account_id: int
-    to_addr: str
-    matched_by: str
-
-
-# region claiming
-
-
-CLAIM_TIMEOUT = timedelta(minutes=5)
-"""A mail still "processing" this long after it was claimed was left by a process that died:
-it is claimed again (applying it twice changes nothing: its events are deduplicated)."""
-
-
-def claim(conn: Connection, limit: int) -> list[int]:
-    """Take up to ``limit`` new mails (oldest first) and mark them "processing"; on
-    PostgreSQL another process skips the rows this one holds."""
-    now = clock.now()
-    pick = (
-        select(im.c.id)
-        .where(
-            or_(
-                im.c.state == NEW,
-                and_(im.c.state == PROCESSING, im.c.claimed_at < now - CLAIM_TIMEOUT),
-            )
-        )
-        .order_by(im.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    claimed = conn.scalars(
-        update(im)
-        .where(im.c.id.in_(pick.scalar_subquery()))
-        .values(state=PROCESSING, claimed_at=now)
-        .returning(im.c.id)
-    )
-    return sorted(claimed)
-
 
 def process_pending(parts: Parts, limit: int = 200) -> int:
     """Apply up to ``limit`` stored mails; returns how many were taken (blocking: run it in a
-    thread). A mail that cannot be applied ends "error" with the reason; nothing is raised.
+    thread). A mail that cannot be read or applied ends "error" with the reason.
 
     The batch is read in one query, parsed outside any transaction (a parser fault marks only
     that mail "error"), matched with one query for all the tokens it quotes, and applied in
     one write transaction (one ``recorder.record`` for all its facts). Should that
-    transaction fail, each mail of the batch is applied again on its own, as before."""
+    transaction fail, each mail of the batch is applied again on its own."""
     with parts.engine.begin() as conn:
-        ids = claim(conn, limit)
+        ids = inbound_queue.claim(conn, limit)
     if not ids:
         return 0
     policy = suppression.Policy(parts.settings.soft_bounce_limit, parts.settings.soft_bounce_days)
     with db.reader(parts.engine).connect() as conn:
-        rows = {
-            row.id: row
-            for row in conn.execute(
-                select(
-                    im.c.id,
-                    func.substr(im.c.raw, 1, dsn.READ_BYTES).label("raw"),
-                    im.c.rcpt_to,
-                    im.c.received_at,
-                ).where(im.c.id.in_(ids))
-            )
-        }
-    parsed: list[tuple[int, Any, dsn.Report]] = []
-    present = [i for i in ids if i in rows]
-    # SQLite's substr of an empty blob is NULL.
-    reports = _parse_each([bytes(rows[i].raw or b"") for i in present])
-    for inbound_id, report in zip(present, reports, strict=True):
-        if isinstance(report, BaseException):
-            log.error("inbound mail %d could not be parsed: %s", inbound_id, report)
-            _mark_error(parts, inbound_id, report)
-            continue
-        parsed.append((inbound_id, rows[inbound_id], report))
+        mails = inbound_queue.read(conn, ids, dsn.READ_BYTES)
+    parsed: list[tuple[Stored, dsn.Report]] = []
+    failed: list[tuple[Stored, BaseException]] = []
+    for mail in mails:
+        try:
+            parsed.append((mail, dsn.parse(mail.raw)))  # pure; kept out of any transaction
+        except Exception as exc:
+            log.error("inbound mail %d could not be read: %s", mail.id, _describe(exc))
+            failed.append((mail, exc))
+    if failed:
+        _record_failures(parts, failed)
     if not parsed:
         return len(ids)
     try:
         _apply_batch(parts, parsed, policy)
     except Exception:
         log.exception("a batch of %d inbound mails failed; applying them one by one", len(parsed))
-        for inbound_id, row, report in parsed:
+        for mail, report in parsed:
             try:
-                _apply_one(parts, inbound_id, row, report, policy)
+                _apply_one(parts, mail, report, policy)
             except Exception as exc:
-                log.exception("inbound mail %d could not be applied", inbound_id)
-                _mark_error(parts, inbound_id, exc)
+                log.exception("inbound mail %d could not be applied", mail.id)
+                _record_failures(parts, [(mail, exc)])
     return len(ids)
 
 
-def _parse_each(raws: list[bytes]) -> list[dsn.Report | BaseException]:
-    """Parse each mail; a fault is returned in its place, so it marks only that mail."""
-    out: list[dsn.Report | BaseException] = []
-    for mail in raws:
-        try:
-            out.append(dsn.parse(mail))  # pure; kept out of any transaction
-        except Exception as exc:
-            out.append(exc)
-    return out
+def _describe(exc: BaseException) -> str:
+    """The exception's text, and where it was raised (for whoever fixes the parser)."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (in {last.name}, {last.filename.rpartition('/')[2]}:{last.lineno})"
+    return text
 
 
-def _mark_error(parts: Parts, inbound_id: int, exc: BaseException) -> None:
-    text = f"{type(exc).__name__}: {exc}"[:2000]
+def _record_failures(parts: Parts, failed: list[tuple[Stored, BaseException]]) -> None:
+    """Mark mails "error" with the exception's text, for the account whose bounce domain
+    received each (so its operators see it) and the message its VERP address names, if any.
+    Should even that fail, the mails are claimed again later (see CLAIM_TIMEOUT)."""
     try:
+        with db.reader(parts.engine).connect() as conn:
+            outcomes = [_failure(conn, parts.secret, mail, exc) for mail, exc in failed]
         with parts.engine.begin() as conn:
-            conn.execute(update(im).where(im.c.id == inbound_id).values(state=ERROR, error=text))
+            inbound_queue.finish(conn, outcomes)
     except Exception:
-        log.exception("inbound mail %d: cannot even record the error", inbound_id)
+        log.exception("cannot record that %d inbound mail(s) could not be read", len(failed))
+
+
+def _failure(conn: Connection, secret: bytes, mail: Stored, exc: BaseException) -> Outcome:
+    error = _describe(exc)
+    target = match.by_token(conn, match.tokens(secret, mail.rcpt_to))
+    if target is not None:
+        return Outcome(mail.id, ERROR, None, target.account_id, target.id, error)
+    account_id = _only(match.accounts_of(conn, mail.rcpt_to))
+    return Outcome(mail.id, ERROR, None, account_id, None, error)
+
+
+def _only(account_ids: list[int]) -> int | None:
+    return account_ids[0] if len(account_ids) == 1 else None
 
 
 def _apply_batch(
-    parts: Parts, parsed: list[tuple[int, Any, dsn.Report]], policy: suppression.Policy
+    parts: Parts, parsed: list[tuple[Stored, dsn.Report]], policy: suppression.Policy
 ) -> None:
     """Match every mail of the batch (reading only), then record all their facts in one
     write transaction: the SQLite write lock, which the server's stores wait for, is held
     only while writing."""
     domains: dict[frozenset[str], list[int]] = {}
-    planned: list[tuple[int, str, str, int | None, None]] = []
+    outcomes: list[Outcome] = []
     facts: list[recorder.Fact] = []
-    named = [_token_ids(parts.secret, row.rcpt_to or (), rep) for _i, row, rep in parsed]
+    named = [_named(parts.secret, mail, report) for mail, report in parsed]
     with db.reader(parts.engine).connect() as conn:
-        known = _prefetch(conn, named)
-        for (inbound_id, row, report), tokens in zip(parsed, named, strict=True):
-            state, account_id, mail_facts = _plan(
-                conn,
-                parts.secret,
-                report,
-                inbound_id=inbound_id,
-                rcpt_to=list(row.rcpt_to or ()),
-                received_at=row.received_at,
-                named=tokens,
-                known=known,
-                domains=domains,
-            )
+        known = match.prefetch(conn, named)
+        for (mail, report), tokens in zip(parsed, named, strict=True):
+            outcome, mail_facts = _plan(conn, mail, report, tokens, known, domains)
+            outcomes.append(outcome)
             facts.extend(mail_facts)
-            planned.append((inbound_id, state, report.kind.value, account_id, None))
     with parts.engine.begin() as conn:
-        if facts:
-            floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
-            facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
-            recorder.record(conn, facts, policy=policy)
-        batch.dialect_of(conn).update_many(
-            conn, "inbound_mails", ("state", "kind", "account_id", "error"), planned
-        )
+        _record(conn, facts, policy)
+        inbound_queue.finish(conn, outcomes)
 
 
-def _apply_one(
-    parts: Parts, inbound_id: int, row: Any, report: dsn.Report, policy: suppression.Policy
-) -> None:
+def _apply_one(parts: Parts, mail: Stored, report: dsn.Report, policy: suppression.Policy) -> None:
     with parts.engine.begin() as conn:
-        # A write first: SQLite takes its write lock now instead of failing a later upgrade.
-        conn.execute(update(im).where(im.c.id == inbound_id).values(state=PROCESSING))
-        state, account_id = apply_report(
-            conn,
-            parts.secret,
-            report,
-            inbound_id=inbound_id,
-            rcpt_to=list(row.rcpt_to or ()),
-            received_at=row.received_at,
-            policy=policy,
-        )
-        conn.execute(
-            update(im)
-            .where(im.c.id == inbound_id)
-            .values(state=state, kind=report.kind.value, account_id=account_id, error=None)
-        )
+        inbound_queue.hold(conn, mail.id)
+        outcome, facts = _plan(conn, mail, report, _named(parts.secret, mail, report))
+        _record(conn, facts, policy)
+        inbound_queue.finish(conn, [outcome])
 
 
-# endregion
-
-# region applying one mail
-
-
-def apply_report(
-    conn: Connection,
-    secret: bytes,
-    report: dsn.Report,
-    *,
-    inbound_id: int | None,
-    rcpt_to: Sequence[str],
-    received_at: datetime,
-    policy: suppression.Policy,
-) -> tuple[str, int | None]:
-    """Record the facts of one parsed report; returns the mail's final state and account."""
-    state, account_id, facts = _plan(
-        conn,
-        secret,
-        report,
-        inbound_id=inbound_id,
-        rcpt_to=rcpt_to,
-        received_at=received_at,
-    )
+def _record(conn: Connection, facts: list[recorder.Fact], policy: suppression.Policy) -> None:
     if facts:
-        floors = _attempt_times(conn, sorted({f.message_id for f in facts}))
-        facts = [_not_before(fact, floors.get(fact.message_id)) for fact in facts]
-        recorder.record(conn, facts, policy=policy)
-    return state, account_id
+        floors = matching.last_attempts(conn, sorted({f.message_id for f in facts}))
+        recorder.record(
+            conn, [_not_before(fact, floors.get(fact.message_id)) for fact in facts], policy=policy
+        )
+
+
+def _named(secret: bytes, mail: Stored, report: dsn.Report) -> match.Named:
+    return match.tokens(
+        secret, mail.rcpt_to, report.returned_headers, (report.original_message_id,)
+    )
 
 
 def _plan(
     conn: Connection,
-    secret: bytes,
+    mail: Stored,
     report: dsn.Report,
-    *,
-    inbound_id: int | None,
-    rcpt_to: Sequence[str],
-    received_at: datetime,
-    named: list[tuple[int | None, str]] | None = None,
-    known: dict[int, _Target | None] | None = None,
+    named: match.Named,
+    known: dict[int, match.Target | None] | None = None,
     domains: dict[frozenset[str], list[int]] | None = None,
-) -> tuple[str, int | None, list[recorder.Fact]]:
-    """Match one report to messages: its final state, account and facts (not yet recorded).
-    ``named`` is what :func:`_token_ids` gave for this mail, if already known; ``known``
-    holds messages already read by id (None: no such message); ``domains`` caches the
-    accounts of each set of bounce domains within a batch."""
-    account_ids = _accounts_of(conn, rcpt_to, domains)
-    if named is None:
-        named = _token_ids(secret, rcpt_to, report)
-    by_token = _match_token(conn, named, known)
+) -> tuple[Outcome, list[recorder.Fact]]:
+    """What one report comes to: its outcome and its facts (not yet recorded). ``named``:
+    the messages it names by token; ``known``: messages already read by id; ``domains``:
+    the accounts of each set of bounce domains, cached within a batch."""
+    kind = report.kind.value
+    target = match.by_token(conn, named, known)
     recipients = list(report.recipients)
-    if not recipients and by_token is not None and report.kind is dsn.Kind.COMPLAINT:
+    if not recipients and target is not None and report.kind is dsn.Kind.COMPLAINT:
         # ARF reports often redact the recipient; the quoted token still names the message.
         recipients = [
-            dsn.Recipient(by_token.to_addr, None, dsn.Kind.COMPLAINT, None, None, "", None, None)
+            dsn.Recipient(target.to_addr, None, dsn.Kind.COMPLAINT, None, None, "", None, None)
         ]
     actionable = [r for r in recipients if _fact_kind(report, r) is not None]
-    if by_token is not None and len(actionable) > 1:
-        # One message has one recipient: keep the report's lines about it, if it names it.
-        own = [r for r in actionable if _is_address_of(r, by_token.to_addr)]
-        actionable = own or actionable
-
-    facts: list[recorder.Fact] = []
-    targets: dict[int, _Target] = {}
-    for recipient in actionable:
-        # A complaint suppresses an address, so it must name its message by a signed token:
-        # anyone can mail abuse@, and an address match alone would let them suppress anybody.
-        complaint = recipient.kind is dsn.Kind.COMPLAINT
-        target = by_token or (None if complaint else _match_address(conn, account_ids, recipient))
-        if target is None:
-            log.info("inbound mail %s: no message for %s", inbound_id, recipient.address)
-            continue
-        targets[target.id] = target
-        facts.append(_fact(target, report, recipient, inbound_id, received_at))
-
-    if facts:
-        account_id: int | None = next(iter(targets.values())).account_id
-        return DONE, account_id, facts
-    if by_token is not None:
-        account_id = by_token.account_id
-    else:
-        account_id = account_ids[0] if len(account_ids) == 1 else None
-    if report.kind is dsn.Kind.AUTOREPLY or (recipients and not actionable):
-        return DONE, account_id, []  # an auto-reply, a not-spam report: nothing to apply
-    return UNMATCHED, account_id, []
+    if target is not None:
+        if len(actionable) > 1:
+            # One message has one recipient: keep the report's lines about it, if it names it.
+            own = [r for r in actionable if _is_address_of(r, target.to_addr)]
+            actionable = own or actionable
+        facts = [_fact(target, report, r, mail) for r in actionable]
+        state = DONE if recipients or report.kind is dsn.Kind.AUTOREPLY else UNMATCHED
+        return Outcome(mail.id, state, kind, target.account_id, target.id), facts
+    account_ids = match.accounts_of(conn, mail.rcpt_to, domains)
+    for r in actionable:
+        # No token: whatever the report says, it proves nothing (anyone can write it).
+        found = match.candidate(conn, account_ids, (r.address, r.original))
+        if found is not None:
+            log.info(
+                "inbound mail %d names %s without a token: kept for review (message %d)",
+                mail.id,
+                r.address,
+                found.id,
+            )
+            return Outcome(mail.id, UNVERIFIED, kind, found.account_id, found.id), []
+    done = report.kind is dsn.Kind.AUTOREPLY or bool(recipients and not actionable)
+    return Outcome(mail.id, DONE if done else UNMATCHED, kind, _only(account_ids)), []
 
 
 def _fact_kind(report: dsn.Report, recipient: dsn.Recipient) -> Kind | None:
@@ -343,11 +223,7 @@ def _fact_kind(report: dsn.Report, recipient: dsn.Recipient) -> Kind | None:
 
 
 def _fact(
-    target: _Target,
-    report: dsn.Report,
-    r: dsn.Recipient,
-    inbound_id: int | None,
-    received_at: datetime,
+    target: match.Target, report: dsn.Report, r: dsn.Recipient, mail: Stored
 ) -> recorder.Fact:
     kind = _fact_kind(report, r)
     assert kind is not None
@@ -381,15 +257,20 @@ def _fact(
         message_id=target.id,
         kind=kind,
         source="arf" if complaint else "dsn",
-        occurred_at=received_at,
+        occurred_at=mail.received_at,
         reason=reason[:32] if reason else None,
         hard=hard,
-        code=code[:16] if code else None,
-        detail=detail,
-        data={k: v for k, v in data.items() if v is not None},
+        code=_text(code[:16]) if code else None,
+        detail=_text(detail),
+        data={k: _text(v) for k, v in data.items() if v is not None},
         dedupe_key=dedupe_key(report, r),
-        inbound_id=inbound_id,
+        inbound_id=mail.id,
     )
+
+
+def _text(value: Any) -> Any:
+    """A NUL in a bounce is noise: it must not make the bounce unrecordable."""
+    return inbound_queue.storable(value) if isinstance(value, str) else value
 
 
 def dedupe_key(report: dsn.Report, r: dsn.Recipient) -> str:
@@ -427,142 +308,9 @@ def _not_before(fact: recorder.Fact, floor: datetime | None) -> recorder.Fact:
     )
 
 
-def _attempt_times(conn: Connection, message_ids: list[int]) -> dict[int, datetime]:
-    rows = conn.execute(
-        select(t.events.c.message_id, func.max(t.events.c.occurred_at))
-        .where(t.events.c.message_id.in_(message_ids), t.events.c.source == "smtp")
-        .group_by(t.events.c.message_id)
-    )
-    return {mid: when for mid, when in rows if when is not None}
-
-
-# endregion
-
-# region matching
-
-
-def _accounts_of(
-    conn: Connection,
-    rcpt_to: Sequence[str],
-    cache: dict[frozenset[str], list[int]] | None = None,
-) -> list[int]:
-    """The accounts whose bounce domain received the mail."""
-    domains = {addresses.domain_of(r).strip("<>").lower().rstrip(".") for r in rcpt_to}
-    domains.discard("")
-    if not domains:
-        return []
-    if cache is not None:
-        key = frozenset(domains)
-        found = cache.get(key)
-        if found is None:
-            found = cache[key] = _accounts_of(conn, rcpt_to)
-        return found
-    return sorted(
-        conn.scalars(
-            select(t.accounts.c.id).where(func.lower(t.accounts.c.bounce_domain).in_(domains))
-        )
-    )
-
-
-def _message(
-    conn: Connection,
-    message_id: int | None,
-    matched_by: str,
-    known: dict[int, _Target | None] | None = None,
-) -> _Target | None:
-    if message_id is None:
-        return None
-    if known is not None and message_id in known:
-        found = known[message_id]
-        return (
-            None
-            if found is None
-            else _Target(found.id, found.account_id, found.to_addr, matched_by)
-        )
-    row = conn.execute(
-        select(m.c.id, m.c.account_id, m.c.to_addr).where(m.c.id == message_id)
-    ).first()
-    return _target(row, matched_by) if row is not None else None
-
-
-def _target(row: Row[Any], matched_by: str) -> _Target:
-    return _Target(row.id, row.account_id, row.to_addr, matched_by)
-
-
-def _token_ids(
-    secret: bytes, rcpt_to: Sequence[str], report: dsn.Report
-) -> list[tuple[int | None, str]]:
-    """The message ids a mail names by a signed token, strongest evidence first."""
-    named: list[tuple[int | None, str]] = []
-    for rcpt in rcpt_to:
-        local = rcpt.strip("<>").rpartition("@")[0].lower()
-        if local.startswith(verp.PREFIX):
-            named.append((verp.message_id_of(secret, rcpt), "verp"))
-    headers = report.returned_headers
-    token = headers.get(verp.TOKEN_HEADER.lower(), "").strip()
-    if token:
-        named.append((verp.message_id_of(secret, token), "header"))
-    for value in (report.original_message_id, headers.get("message-id")):
-        if value and "@" in value:
-            named.append((verp.message_id_of(secret, value), "message-id"))
-    return named
-
-
-def _prefetch(
-    conn: Connection, named: Sequence[list[tuple[int | None, str]]]
-) -> dict[int, _Target | None]:
-    """Read every message a batch of mails names by token (``named``: :func:`_token_ids` of
-    each mail), in one query per chunk."""
-    ids = sorted({mid for tokens in named for mid, _by in tokens if mid is not None})
-    known: dict[int, _Target | None] = dict.fromkeys(ids)
-    for start in range(0, len(ids), 900):
-        for row in conn.execute(
-            select(m.c.id, m.c.account_id, m.c.to_addr).where(m.c.id.in_(ids[start : start + 900]))
-        ):
-            known[row.id] = _target(row, "")
-    return known
-
-
-def _match_token(
-    conn: Connection,
-    named: list[tuple[int | None, str]],
-    known: dict[int, _Target | None] | None = None,
-) -> _Target | None:
-    for message_id, matched_by in named:
-        found = _message(conn, message_id, matched_by, known)
-        if found is not None:
-            return found
-    return None
-
-
-def _match_address(conn: Connection, account_ids: list[int], r: dsn.Recipient) -> _Target | None:
-    if not account_ids:
-        return None
-    since = clock.now() - MATCH_WINDOW
-    for address in filter(None, (r.address, r.original)):
-        row = conn.execute(
-            select(m.c.id, m.c.account_id, m.c.to_addr)
-            .where(
-                m.c.account_id.in_(account_ids),
-                m.c.to_addr == addresses.normalize(address),
-                m.c.channel == "email",
-                m.c.status.in_(_ATTEMPTED),
-                m.c.created_at >= since,
-            )
-            .order_by(m.c.created_at.desc(), m.c.id.desc())
-            .limit(1)
-        ).first()
-        if row is not None:
-            return _target(row, "address")
-    return None
-
-
 def _is_address_of(r: dsn.Recipient, to_addr: str) -> bool:
     wanted = to_addr.lower()
     return any(a and addresses.normalize(a) == wanted for a in (r.address, r.original))
-
-
-# endregion
 
 
 BATCH = 500

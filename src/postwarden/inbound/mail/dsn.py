@@ -11,18 +11,15 @@ from __future__ import annotations
 import binascii
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email import feedparser
-from email.errors import MissingHeaderBodySeparatorDefect
-from email.feedparser import FeedParser
+from email.errors import HeaderParseError, MissingHeaderBodySeparatorDefect
 from email.header import decode_header
 from email.message import Message
 from email.parser import Parser
 from email.policy import compat32
 from enum import StrEnum
-from types import FunctionType, MappingProxyType
+from types import MappingProxyType
 
 from postwarden.domain.classify import (
     Verdict,
@@ -31,6 +28,7 @@ from postwarden.domain.classify import (
     extract_status,
     smtp_command,
 )
+from postwarden.inbound.mail.feedparser_compat import message_from_bytes as _message_from_bytes
 
 __all__ = ["Kind", "Recipient", "Report", "parse", "parse_bounce_lines", "split_mbox"]
 
@@ -120,7 +118,7 @@ def _decode_header(value: object) -> str:
         return _WS_RE.sub(" ", text).strip()
     try:
         chunks = decode_header(text)
-    except (ValueError, binascii.Error):
+    except (ValueError, HeaderParseError):  # binascii.Error is a ValueError
         return _WS_RE.sub(" ", text).strip()
     # Chunk by chunk rather than make_header(): it adds a space between an encoded word and
     # the plain text after it ("=?utf-8?b?...?=. More" must stay "... . More"), and a chunk in
@@ -143,66 +141,11 @@ def _bytes_to_str(data: bytes, charset: str | None) -> str:
 
 # --------------------------------------------------------------------------------------------
 # MIME: the standard library's parser (compat32 policy: the fast one, and forgiving: defects are
-# recorded, never raised). Only the parts a report needs are decoded.
+# recorded, never raised; see feedparser_compat). Only the parts a report needs are decoded.
+# Whatever is parsed again is taken from the bytes: compat32's get_payload() turns each 8-bit
+# byte into U+FFFD, which cannot go back to bytes.
 # --------------------------------------------------------------------------------------------
 _HEADER_PARSER = Parser(policy=compat32)
-
-
-if sys.version_info < (3, 13):
-
-    class _BoundaryMatch:
-        """A multipart boundary line test without a regex of its own: the backport of CPython
-        gh-106628 (in the standard library from Python 3.13). Before it, the parser compiled a
-        regex for every multipart, about 80 µs each since every mail has its own boundary: a
-        sixth of the time of a parse."""
-
-        __slots__ = ("separator",)
-        _END = re.compile(r"(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$")
-        HEAD = "(?P<sep>"
-        TAIL = r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$"
-
-        def __init__(self, separator: str) -> None:
-            self.separator = separator
-
-        def match(self, line: str) -> re.Match[str] | None:
-            if not line.startswith(self.separator):
-                return None
-            return self._END.match(line, len(self.separator))
-
-        @classmethod
-        def compile(cls, pattern: str, flags: int = 0) -> object:
-            """``re.compile`` as the parser sees it: its boundary pattern (built with the
-            separator left verbatim, see ``escape``) gives a matcher, anything else a regex."""
-            if pattern.startswith(cls.HEAD) and pattern.endswith(cls.TAIL):
-                return cls(pattern[len(cls.HEAD) : -len(cls.TAIL)])
-            return re.compile(pattern, flags)
-
-        @staticmethod
-        def escape(text: str) -> str:
-            return text
-
-    class _FeedParser(FeedParser):
-        """The standard library's parser, its boundary regexes replaced by _BoundaryMatch:
-        the same code, run with ``re`` bound to it (only here, not for the process)."""
-
-        _parsegen = FunctionType(
-            FeedParser._parsegen.__code__,
-            {**feedparser.__dict__, "re": _BoundaryMatch},
-            "_parsegen",
-            FeedParser._parsegen.__defaults__,
-            FeedParser._parsegen.__closure__,
-        )
-
-else:
-    _FeedParser = FeedParser
-
-
-def _message_from_bytes(data: bytes) -> Message:
-    """What ``BytesParser(policy=compat32).parsebytes`` gives (8-bit bytes kept as surrogate
-    escapes), with the boundary matching above."""
-    parser = _FeedParser(policy=compat32)
-    parser.feed(data.decode("ascii", "surrogateescape"))
-    return parser.close()
 
 
 _MAX_DEPTH = 12
@@ -282,8 +225,8 @@ def _body_blocks(message: Message) -> list[Block]:
         if not isinstance(sub, Message):
             continue
         block = _items(sub)
-        rest = sub.get_payload()
-        more = _field_blocks(_header_text_block(rest)) if isinstance(rest, str) else []
+        rest = _utf8(_raw_body(sub)) if not sub.is_multipart() else ""
+        more = _field_blocks(rest)
         if more and rest[:1] not in ("\r", "\n"):  # the parser stopped inside this block
             block.extend(more.pop(0))
         if block:
@@ -292,15 +235,28 @@ def _body_blocks(message: Message) -> list[Block]:
     return blocks
 
 
-def _header_text_block(text: str) -> str:
-    if not text.isascii():
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return text
-
-
 def _raw_payload(part: Message) -> bytes:
+    """A leaf part's body as bytes, its transfer encoding undone."""
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+_IDENTITY_CTE = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def _raw_body(part: Message) -> bytes:
+    """A leaf part's body as the bytes that came in (its transfer encoding not undone), to be
+    parsed again. A body declared base64 or quoted-printable should hold only ASCII: any 8-bit
+    byte in it is lost (as U+FFFD), the rest kept."""
+    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() in _IDENTITY_CTE:
+        return _raw_payload(part)  # the identity encodings: the bytes as received
+    payload = part.get_payload()
+    return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+
+
+def _utf8(data: bytes) -> str:
+    """Bytes as text: UTF-8, an invalid sequence as U+FFFD (one byte, not the text, lost)."""
+    return data.decode("utf-8", "replace")
 
 
 _NOT_BASE64_RE = re.compile(rb"[^A-Za-z0-9+/=]")
@@ -311,10 +267,14 @@ def _encoded_inner(part: Message) -> Message | None:
     parser read the encoded text as a message; decode it and parse again."""
     payload = part.get_payload()
     inner = payload[0] if isinstance(payload, list) and payload else None
-    text = inner.get_payload() if isinstance(inner, Message) else payload
-    if not isinstance(text, str):
+    if isinstance(inner, Message):
+        if inner.is_multipart():
+            return None
+        data = _raw_body(inner)
+    elif isinstance(payload, str):
+        data = _raw_body(part)
+    else:
         return None
-    data = text.encode("ascii", "surrogateescape")
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     try:
         if cte == "base64":
@@ -482,9 +442,8 @@ def _header_map(message: Message) -> dict[str, str]:
         if key not in out:
             out[key] = _decode_header(value) if "=?" in value else value
     if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in message.defects):
-        rest = message.get_payload()
-        if isinstance(rest, str):
-            blocks = _field_blocks(_header_text_block(rest[:20_000]))
+        if not message.is_multipart():
+            blocks = _field_blocks(_utf8(_raw_body(message)[:20_000]))
             for key, value in blocks[0] if blocks else ():
                 if key not in out:
                     out[key] = _decode_header(value)
@@ -547,9 +506,9 @@ def _walk(part: Message, parts: _Parts, depth: int = 0) -> None:
                 inner = payload[0]
                 body = inner.get_payload()
                 if not inner.keys() and isinstance(body, str) and body.strip():
-                    # blank lines before the returned message's headers: parse it again
-                    data = body.lstrip("\r\n").encode("ascii", "surrogateescape")
-                    inner = _message_from_bytes(data)
+                    # blank lines before the returned message's headers: parse it again,
+                    # from its bytes (8-bit text is common: Postwarden itself sends 8bit)
+                    inner = _message_from_bytes(_raw_body(inner).lstrip(b"\r\n"))
         if inner is not None and (inner.keys() or inner.get_payload()):
             parts.returned.append(_header_map(inner))
             parts.returned_msgs.append(inner)
@@ -611,11 +570,10 @@ def split_mbox(raw: bytes) -> list[bytes]:
 
 
 def parse(raw: bytes) -> Report:
-    """Parse one mail. Never raises: malformed input gives Kind.UNKNOWN with no recipients."""
-    try:
-        return _parse(raw)
-    except Exception:
-        return Report(Kind.UNKNOWN, ())
+    """Parse one mail. Malformed input gives Kind.UNKNOWN with no recipients; a fault of the
+    parser raises, so that its caller records it (a silent "unknown" would hide a lost
+    bounce)."""
+    return _parse(raw)
 
 
 def parse_bounce_lines(path: str) -> list[dict]:
@@ -624,7 +582,11 @@ def parse_bounce_lines(path: str) -> list[dict]:
         raw = fh.read()
     lines: list[dict] = []
     for piece in split_mbox(raw):
-        report = parse(piece)
+        try:
+            report = parse(piece)
+        except Exception as exc:
+            lines.append({"file": path, "kind": "error", "error": f"{type(exc).__name__}: {exc}"})
+            continue
         if not report.recipients or report.kind in (Kind.AUTOREPLY, Kind.UNKNOWN):
             lines.append(
                 {
@@ -705,10 +667,7 @@ def _inner_bounce(ctx: _Context, depth: int) -> Report | None:
     for sub in ctx.parts.returned_msgs:
         sender = _header_text(sub.get("From", ""))
         if sub.get_content_type() == "multipart/report" or _BOUNCE_FROM_RE.search(sender):
-            try:
-                report = _parse_message(sub, depth + 1)
-            except Exception:
-                continue
+            report = _parse_message(sub, depth + 1)
             if report.recipients and report.kind != Kind.AUTOREPLY:
                 return report
     return None

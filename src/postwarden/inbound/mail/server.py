@@ -6,23 +6,27 @@ the feedback addresses (``fbl@``, ``abuse@``, ``postmaster@``); every other reci
 refused at RCPT. At DATA the raw mail is stored as it came (``inbound_mails``, state "new")
 and 250 is answered at once: parsing happens afterwards (``postwarden.inbound.mail.apply``), so a
 parser fault never loses a bounce or makes the sender try again.
+
+Liberal in what it accepts: lines of any length (the size limit bounds the mail). Where it
+refuses for a limit of its own (open connections, in all and per client address, recipients
+per mail, a failure to store) it answers 4xx, so the sender keeps the mail and tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
-import re
 import time
-from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Connection
 
-from postwarden.domain import clock, verp
+from postwarden.domain import verp
+from postwarden.inbound.mail import aiosmtpd_compat
 from postwarden.runtime import Parts
-from postwarden.store import accounts, batch
+from postwarden.store import accounts, inbound_queue
 
 __all__ = ["FEEDBACK_LOCALS", "InboundServer"]
 
@@ -37,8 +41,9 @@ _MISS_REFRESH = 0.5
 _MAX_RECIPIENTS = 100
 
 REFUSED = "550 5.1.1 <{}>: Recipient address rejected: no such bounce address here"
-TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+TEMPORARY = "451 4.3.0 Temporary failure, try again later"
 TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
+TOO_MANY_FROM_CLIENT = b"421 4.7.0 Too many connections from your address, try again later\r\n"
 
 
 class _Handler:
@@ -61,7 +66,7 @@ class _Handler:
             accepted = await self.server.accepts(address)
         except Exception:
             log.exception("cannot look up bounce domains")
-            return "451 4.3.0 Temporary failure, try again later"
+            return TEMPORARY
         if not accepted:
             return REFUSED.format(address)
         envelope.rcpt_tos.append(address)
@@ -87,138 +92,10 @@ class _Handler:
         self.server.wake.set()
         return f"250 2.0.0 Ok: queued as {inbound_id}"
 
-
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_ADDRESS = re.compile(
-    rf"\s*<((?:{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)?)>\s*(.*)", re.DOTALL
-)
-"""``<dot-atom@domain>`` or the null path ``<>`` (what every bounce comes from), and what
-follows: the addresses bounces and feedback come to."""
-
-
-class _InboundSMTP(SMTP):
-    """aiosmtpd's protocol with a connection limit and an enhanced code on oversized mail."""
-
-    # Bounce mails from careless MTAs carry lines longer than RFC 5321's 1000 octets; refusing
-    # them would lose the bounce, so be lenient (the size limit still bounds the whole mail).
-    line_length_limit = 16 * 1024
-
-    def __init__(self, owner: InboundServer, **kwargs: Any) -> None:
-        super().__init__(_Handler(owner), **kwargs)
-        self._owner = owner
-        self._refused = False
-        self._counted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        owner = self._owner
-        if self._original_transport is None and not self._counted:  # not the STARTTLS upgrade
-            if len(owner._transports) >= owner.max_connections:
-                self._refused = True
-                log.warning("inbound connection refused: %d open", len(owner._transports))
-                transport.write(TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
-                transport.close()
-                return
-            owner._transports.add(transport)
-            self._counted = True
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        if self.transport is not None:
-            self._owner._transports.discard(self.transport)
-        super().connection_lost(error)
-
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        super().data_received(data)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd parses every address with the email package's RFC 5322 parser (and defines
-        # a class on each call), which was a tenth of the inbound server's time; a plain
-        # <dot-atom@domain> or <> needs a regex. Like aiosmtpd, the null path reads "<>".
-        match = _SIMPLE_ADDRESS.fullmatch(arg) if arg else None
-        if match is None:
-            return super()._getaddr(arg)
-        address = match.group(1) or "<>"
-        local_limit = self.local_part_limit
-        if local_limit and len(address.rpartition("@")[0]) > local_limit:
-            return None, None
-        return address, match.group(2)
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        # aiosmtpd reads the data a line at a time, a coroutine round per line: that loop was
-        # the largest part of the server's time. Here each read takes everything up to the
-        # next ".<CRLF>", which ends the data when it starts a line; the same refusals follow.
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data = await self._read_data()
-        if data is None:
-            status = TOO_BIG
-        elif len(data) > self.line_length_limit and (
-            max(map(len, data.split(b"\r\n"))) > self.line_length_limit
-        ):
-            status = "500 Line too long (see RFC5321 4.5.3.1.6)"
-        else:
-            # Dot-unstuffing (RFC 5321 4.5.2): a line's leading dot goes.
-            if data.startswith(b"."):
-                del data[0]
-            content = bytes(data).replace(b"\r\n.", b"\r\n")
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def _read_data(self) -> bytearray | None:
-        """The data up to the lone dot, without it; None when it exceeded the size limit
-        (it is read to the end all the same, so the connection stays in step)."""
-        reader = self._reader
-        limit = self.data_size_limit
-        data = bytearray()
-        received = 0
-        too_big = False
-        while True:
-            try:
-                chunk = await reader.readuntil(b".\r\n")
-            except asyncio.LimitOverrunError as error:  # no ".<CRLF>" in the next chunk
-                chunk = await reader.readexactly(error.consumed)
-            except asyncio.CancelledError:
-                log.info("connection lost during DATA")
-                self._writer.close()
-                raise
-            received += len(chunk)
-            data += chunk
-            ended = chunk.endswith(b".\r\n") and (received == 3 or data.endswith(b"\r\n.\r\n"))
-            if limit and received - (3 if ended else 0) > limit:
-                too_big = True
-                del data[:-4]  # only what the end's detection needs
-            if ended:
-                if too_big:
-                    return None
-                del data[-3:]
-                return data
-
-    async def push(self, status: str | bytes) -> None:
-        # aiosmtpd words its size refusals without an enhanced status code.
-        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
-        if text.startswith("552 Error:"):
-            status = TOO_BIG
-        await super().push(status)
+    async def handle_exception(self, error: Exception) -> str:
+        # A fault of ours is never the sender's: aiosmtpd would answer 500 and lose the mail.
+        log.error("inbound SMTP session failed", exc_info=error)
+        return TEMPORARY
 
 
 class InboundServer:
@@ -231,11 +108,13 @@ class InboundServer:
         settings = parts.settings
         self.max_bytes = settings.inbound_max_bytes
         self.max_connections = settings.inbound_max_connections
+        self.max_per_client = settings.inbound_max_connections_per_client
         self.timeout = settings.inbound_timeout
         self.hostname = settings.helo_name
         self.wake = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
+        self._per_client: collections.Counter[str] = collections.Counter()
         self._domains: dict[str, int] = {}
         self._domains_at = float("-inf")
         self._domains_lock = asyncio.Lock()
@@ -254,8 +133,10 @@ class InboundServer:
         gc.freeze()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _InboundSMTP(
-                self,
+            lambda: aiosmtpd_compat.SMTP(
+                _Handler(self),
+                admit=self._admit,
+                release=self._release,
                 hostname=self.hostname,
                 ident="Postwarden inbound",
                 data_size_limit=self.max_bytes,
@@ -289,6 +170,29 @@ class InboundServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bytes | None:
+        """Serve a new connection unless the server, or its client's address, has as many
+        open as allowed: idle sockets from one client must not keep out everyone's bounces.
+        Refusals are 421 (try again later): a local limit, never the sender's fault."""
+        client = _client_of(transport)
+        if len(self._transports) >= self.max_connections:
+            log.warning("inbound connection refused: %d open", len(self._transports))
+            return TOO_MANY_CONNECTIONS
+        if self._per_client[client] >= self.max_per_client:
+            log.warning("inbound connection from %s refused: %d open", client, self.max_per_client)
+            return TOO_MANY_FROM_CLIENT
+        self._transports.add(transport)
+        self._per_client[client] += 1
+        return None
+
+    def _release(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._transports:
+            self._transports.discard(transport)
+            client = _client_of(transport)
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
 
     # endregion
 
@@ -377,19 +281,15 @@ class InboundServer:
         self, mails: list[tuple[str, str, list[str], bytes]], conn: Connection | None = None
     ) -> list[int]:
         """Keep accepted mails, raw, in one transaction (on ``conn``, or one from the pool);
-        returns their ids (in a thread). The rows are made before the transaction begins: on
-        SQLite it holds the write lock, which the applying of stored mails waits for."""
-        sql = batch.dialect_for(self.parts.engine)
-        received_at = sql.when(clock.now())
-        rows = [
-            (received_at, peer[:100], mail_from[:320], sql.json(rcpt_to), raw, "new")
-            for peer, mail_from, rcpt_to, raw in mails
-        ]
+        returns their ids (in a thread)."""
         if conn is None:
             with self.parts.engine.begin() as conn:
-                return sql.insert_returning_ids(conn, "inbound_mails", _STORED_COLUMNS, rows)
+                return inbound_queue.store(conn, mails)
         with conn.begin():
-            return sql.insert_returning_ids(conn, "inbound_mails", _STORED_COLUMNS, rows)
+            return inbound_queue.store(conn, mails)
 
 
-_STORED_COLUMNS = ("received_at", "peer", "mail_from", "rcpt_to", "raw", "state")
+def _client_of(transport: asyncio.BaseTransport) -> str:
+    """The client's address (without its port): what the per-client limit counts."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")

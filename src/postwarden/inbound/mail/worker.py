@@ -95,7 +95,7 @@ async def run(
 
     One worker is kept running, passed each ``wake``; a worker that
     ends is replaced (the mails it had claimed are claimed again after
-    :data:`apply.CLAIM_TIMEOUT`; those stored meanwhile wait for the next one)."""
+    :data:`inbound_queue.CLAIM_TIMEOUT`; those stored meanwhile wait for the next one)."""
     while not stop.is_set():
         try:
             worker = await asyncio.to_thread(Worker, parts, interval)
