@@ -1,7 +1,7 @@
 """inbound mails name their message
 
-Revision ID: 0004
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-24 12:00:00.000000
 
 ``inbound_mails.message_id`` is the message an inbound mail names by a signed token or, for a
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
