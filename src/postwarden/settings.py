@@ -78,6 +78,27 @@ class Settings(BaseSettings):
     track_text_links: bool = False
     """Also rewrite bare URLs in plain-text bodies through the click redirect."""
 
+    # SMS (one provider for the instance; a per-account sender may come from the account)
+    sms_provider: SecretStr | None = None
+    """``twilio://SID:TOKEN@host?from=+15550001111``, ``vonage://KEY:SECRET@host?from=Acme`` or
+    ``smpp://system_id:password@host:2775?source=Acme``; unset: no SMS channel."""
+    sms_default_region: str = "US"
+    """Region for numbers written without a country code (ISO 3166 alpha-2)."""
+    sms_mobile_only: bool = True
+    """Refuse numbers that cannot be mobiles (landlines, toll-free): providers need a mobile."""
+    sms_max_segments: int = 10
+    """A longer text is refused (providers cap concatenation; each segment is billed)."""
+    sms_callback_url: str = "http://127.0.0.1:8025/v1/webhooks"
+    """Where providers post receipts (Twilio status callbacks, Vonage DLRs), as they reach it."""
+    sms_callback_max_age: float = 7 * 86400.0
+    """A status callback for a message sent longer ago than this is refused as stale."""
+    sms_signature_secret: SecretStr | None = None
+    """Vonage's signature secret: delivery receipts must then carry a valid ``sig``."""
+    sms_concurrency: int = 8
+    """HTTP providers: requests in flight at once."""
+    sms_window: int = 10
+    """SMPP: submit_sm in flight without their submit_sm_resp."""
+
     @field_validator("routes")
     @classmethod
     def _routes_parse(cls, value: str) -> str:

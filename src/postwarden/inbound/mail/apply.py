@@ -573,4 +573,3 @@ GATHER = 0.2
 it) is applied in batches instead of one small round per mail. Each round has fixed costs (a
 claim, reads, two commits whose SQLite write lock holds up the server's stores): at 1,000
 mails/s, rounds of up to 500 mails applied 5% more per second than rounds of up to 200."""
-

@@ -1,47 +1,84 @@
-"""The channel contract: what a worker hands to a channel and what it gets back."""
+"""The channel contract: what the dispatcher hands a channel and what it gets back.
+
+The dispatcher is generic: it claims a channel's due messages (``messages.channel``), asks the
+channel to build them, hands what was built to the channel, and records the verdicts. Every
+channel-specific judgement happens inside the channel: an SMTP reply is classified by the
+email channel, a provider's error code by the SMS channel, so a verdict arrives already
+classified (outcome, reason, hard or soft, when to retry) with its evidence.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
-Outcome = Literal["accepted", "temporary", "permanent"]
-Via = Literal["relay", "mx"]
+from sqlalchemy import Connection
+
+from postwarden.store.queue import Claimed
+
+Outcome = Literal["sent", "delivered", "deferred", "bounced", "failed"]
+"""``sent``: a relay or provider took it; ``delivered``: the recipient's own server did;
+``deferred``: a temporary failure, to be retried; ``bounced``: the recipient's side refused it
+for good; ``failed``: Postwarden could not send it (nothing the recipient's side said)."""
+
+P = TypeVar("P", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One built message ready to go; ``data`` is built once by the caller."""
+class Outgoing(Generic[P]):
+    """One message built and ready to go."""
 
     message_id: int
-    mail_from: str  # per-message VERP return path, e.g. "b+Xy12ab@bounce.example.com"
-    rcpt: str
-    data: bytes  # the whole RFC 5322 message, CRLF line endings
+    to: str  # an email address or an E.164 number
+    payload: P  # what the channel sends (email: envelope and bytes; SMS: text and sender)
+    keep: bytes | None = None
+    """Bytes to store if the attempt is deferred, so a retry sends exactly the same message
+    without building it again (the email channel's RFC 5322 bytes)."""
 
 
 @dataclass(frozen=True, slots=True)
-class AttemptResult:
-    """What became of one delivery attempt of one message."""
+class Evidence:
+    """What an attempt went through, kept as the attempt's record."""
+
+    started_at: datetime  # aware UTC
+    duration_ms: int
+    via: str  # "relay", "mx", "twilio", "vonage", "smpp": what took the attempt
+    remote: str | None  # "host:port" or the provider's endpoint actually talked to
+    transcript: str  # SMTP conversation or provider request/response; never a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What became of one message's attempt (or of building it), already classified."""
 
     message_id: int
     outcome: Outcome
-    code: int | None  # SMTP reply code that decided it; None when there was no reply
-    enhanced: str | None  # "5.1.1" parsed from the reply, if any
-    text: str  # reply text, or a plain description of the network error
-    remote: str | None  # "host:port" actually talked to
-    via: Via  # relay -> 2xx means "sent"; mx -> 2xx means "delivered"
-    transcript: str  # the SMTP conversation; never the body, never an AUTH secret
-    started_at: datetime  # aware UTC
-    duration_ms: int
+    reason: str | None = None  # a bounce reason of domain.classify's vocabulary
+    hard: bool | None = None  # a definitive address failure: suppress the recipient
+    code: str | None = None  # the enhanced status code ("5.1.1") or the provider's error code
+    reply_code: int | None = None  # the SMTP reply code or HTTP status, when there was one
+    detail: str = ""  # the remote side's own words, or what went wrong
+    retry_after: float | None = None  # seconds the remote side asked us to wait
+    provider_message_id: str | None = None  # the id receipts and webhooks will name
+    evidence: Evidence | None = None  # None: nothing was attempted (the build failed)
 
 
 class Channel(Protocol):
+    """A way to reach recipients (email, SMS), keyed in the registry by ``name``."""
+
     name: str
 
-    async def send_many(self, domain: str, batch: Sequence[Outgoing]) -> list[AttemptResult]:
-        """Send ``batch`` (all to recipient ``domain``); one result per item, same order."""
+    def build(self, conn: Connection, claimed: Sequence[Claimed]) -> list[Outgoing | Verdict]:
+        """Build each claimed message (in a thread, on a read-only connection): an
+        :class:`Outgoing`, or a ``failed`` :class:`Verdict` for a message that cannot be built
+        (the failure of that message alone, never of its batch). One item per claimed message,
+        in the same order."""
+        ...
+
+    async def send(self, batch: Sequence[Outgoing]) -> list[Verdict]:
+        """Attempt each built message; one verdict per item, in the same order."""
         ...
 
     async def aclose(self) -> None: ...
