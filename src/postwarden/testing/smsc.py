@@ -88,6 +88,7 @@ class SMSC:
     per_number: Counter[str] = field(default_factory=Counter)
     acks: list[int] = field(default_factory=list)  # command_status of each deliver_sm_resp
     binds: int = 0
+    enquiries: int = 0
     port: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(0x10000))
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -160,6 +161,7 @@ class SMSC:
                         return
                     self._submit(writer, pdu, length, seq)
                 elif command == SmppCommand.ENQUIRE_LINK:
+                    self.enquiries += 1
                     writer.write(EnquireLinkResp(sequence_num=seq).pdu())
                 elif command == SmppCommand.UNBIND:
                     writer.write(UnbindResp(sequence_num=seq).pdu())
