@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     """A status callback for a message sent longer ago than this is refused as stale."""
     sms_signature_secret: SecretStr | None = None
     """Vonage's signature secret: delivery receipts must then carry a valid ``sig``."""
+    sms_signature_method: str = "sha256"
+    """Vonage's signature method, as set in its dashboard: md5hash, md5, sha1, sha256, sha512."""
     sms_concurrency: int = 8
     """HTTP providers: requests in flight at once."""
     sms_window: int = 10
