@@ -125,6 +125,37 @@ class SMTPSettings(BaseModel):
         return value
 
 
+class SMSSettings(BaseModel):
+    """How the SMS channel reaches handsets (``POSTWARDEN_SMS_<FIELD>``): one provider for the
+    instance; unset ``provider``: no SMS channel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider: SecretStr | None = None
+    """``twilio://SID:TOKEN@host?from=+15550001111``, ``vonage://KEY:SECRET@host?from=Acme`` or
+    ``smpp://system_id:password@host:2775?source=Acme``; unset: no SMS channel."""
+    default_region: str = "US"
+    """Region for numbers written without a country code (ISO 3166 alpha-2)."""
+    mobile_only: bool = True
+    """Refuse numbers that cannot be mobiles (landlines, toll-free): providers need a mobile."""
+    max_segments: int = Field(10, ge=1)
+    """A longer text is refused (providers cap concatenation; each segment is billed)."""
+    callback_url: str = "http://127.0.0.1:8025/v1/webhooks"
+    """Where providers post receipts (Twilio status callbacks, Vonage DLRs), as they reach it."""
+    callback_max_age: float = 7 * 86400.0
+    """A status callback for a message sent longer ago than this is refused as stale."""
+    signature_secret: SecretStr | None = None
+    """Vonage's signature secret: delivery receipts must then carry a valid ``sig``."""
+    signature_method: str = "sha256"
+    """Vonage's signature method, as set in its dashboard: md5hash, md5, sha1, sha256, sha512."""
+    concurrency: int = Field(8, ge=1)
+    """HTTP providers: requests in flight at once."""
+    window: int = Field(10, ge=1)
+    """SMPP: submit_sm in flight without their submit_sm_resp."""
+    timeout: float = 30.0
+    """Seconds a provider request (or an SMPP response) may take."""
+
+
 _RENAMED = {
     f"POSTWARDEN_{old}": f"POSTWARDEN_SMTP_{old}"
     for old in (
@@ -158,6 +189,7 @@ class Settings(BaseSettings):
 
     # Channels (each one's own group)
     smtp: SMTPSettings = Field(default_factory=SMTPSettings)
+    sms: SMSSettings = Field(default_factory=SMSSettings)
 
     # Queue and retries
     batch_size: int = 500

@@ -26,6 +26,7 @@ EXPECTED = [
     "FIGURE queries date range",
     "FIGURE queries broadcast (oldest) p95",
     "FIGURE queries undelivered count, 30 days p95",
+    "FIGURE sms smpp one process:",
 ]
 
 
