@@ -167,7 +167,12 @@ def _claim_and_build(engine, channel, queue, db):  # type: ignore[no-untyped-def
 
     with engine.begin() as conn:
         claimed = queue.claim_batch(
-            conn, owner="bench", limit=500, lease=timedelta(seconds=120), now=clock.now()
+            conn,
+            owner="bench",
+            limit=500,
+            lease=timedelta(seconds=120),
+            now=clock.now(),
+            channel="sms",
         )
     if not claimed:
         return [], []
