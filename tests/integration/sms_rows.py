@@ -49,7 +49,12 @@ def store(engine: Engine, account_id: int, texts: list[tuple[str, str]], sender:
 def claim(engine: Engine, limit: int = 500) -> list[Claimed]:
     with engine.begin() as conn:
         claimed = queue.claim_batch(
-            conn, owner="test", limit=limit, lease=timedelta(seconds=60), now=clock.now()
+            conn,
+            owner="test",
+            limit=limit,
+            lease=timedelta(seconds=60),
+            now=clock.now(),
+            channel="sms",
         )
     return sorted(claimed, key=lambda c: c.id)
 
