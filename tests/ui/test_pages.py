@@ -325,5 +325,5 @@ def test_user_create_refuses_short_passwords_and_duplicates(
             users.create(conn, admin.id, "x@acme.test", "short")
         with pytest.raises(errors.Conflict):
             users.create(conn, admin.id, "Admin@acme.test", PASSWORD)
-        assert users.verify(conn, "admin@acme.test", PASSWORD) is not None
-        assert users.verify(conn, "nobody@acme.test", PASSWORD) is None
+    assert isinstance(users.sign_in(engine, "admin@acme.test", PASSWORD, "t"), users.User)
+    assert users.sign_in(engine, "nobody@acme.test", PASSWORD, "t") is None
