@@ -141,7 +141,7 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         if wants_html(request):
             if any(e.get("loc", ("",))[0] == "path" for e in exc.errors()):
-                return ui.error_page(request, 404)  # /messages/abc: there is no such page
+                return ui.error_page(request, 404, ui.NO_SUCH_NUMBER)  # /messages/abc
             return ui.error_page(request, 422, "; ".join(_problems(exc, words=True)))
         return JSONResponse(
             {

@@ -300,14 +300,17 @@ def _page(
     return response
 
 
+NO_SUCH_NUMBER = (
+    "There is no page at this address: message and broadcast numbers are whole numbers "
+    "from 1, like /messages/42."
+)
 _ERRORS = {
     400: ("The request was not understood", "Go back and try again."),
     401: ("Sign in first", "This page is for signed-in operators."),
     403: ("Not allowed", "This action is not allowed from here."),
     404: (
         "Page not found",
-        "There is no page at this address: the link may be wrong or out of date. Message and "
-        "broadcast numbers are whole numbers, like /messages/42.",
+        "There is no page at this address: the link may be wrong or out of date.",
     ),
     405: (
         "Not a page to open",
