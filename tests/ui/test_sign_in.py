@@ -171,6 +171,20 @@ def test_an_old_cookie_is_refused_after_sign_out(
     assert response.status_code == 303 and response.headers["location"].startswith("/login")
 
 
+def test_signing_in_again_ends_the_session_the_cookie_had(
+    settings: Settings,
+    engine: Engine,
+    admin: accounts.Account,  # noqa: F811
+) -> None:
+    client = _client(settings, engine)
+    _sign_in(client)
+    old = client.cookies["pw_session"]
+    _sign_in(client)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    client.cookies.set("pw_session", old)
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
 def test_an_expired_session_is_refused(
     settings: Settings,
     engine: Engine,

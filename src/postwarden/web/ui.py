@@ -158,15 +158,20 @@ DRAFT_FIELD_CHARS = 500
 _NOT_KEPT = ("csrf", "password", "back", "next")
 
 
+def _came_from(request: Request) -> str:
+    """The page this request came from (its Referer) if that is on this site, else ""."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.url.netloc or not referer.path:
+        return ""
+    return _local(referer.path + (f"?{referer.query}" if referer.query else ""), "")
+
+
 def _form_page(request: Request, form: FormData) -> str:
-    """The page the form was on: its ``back`` field, or the same-site Referer."""
+    """The page the form was on: its ``back`` field, or where the request came from."""
     back = form.get("back")
     if isinstance(back, str) and _local(back, ""):
         return back
-    referer = urlsplit(request.headers.get("referer", ""))
-    if referer.netloc == request.url.netloc and referer.path:
-        return _local(referer.path + (f"?{referer.query}" if referer.query else ""))
-    return "/"
+    return _came_from(request) or "/"
 
 
 def _keep_draft(request: Request, form: FormData, page: str) -> None:
@@ -201,7 +206,7 @@ def _user(request: Request) -> users.User:
     user: users.User | None = getattr(request.state, "user", None) or _session_user(request)
     if user is None:
         if request.method != "GET":  # a form with no FormDep before its UserDep
-            raise FormRefused(False, _local(request.headers.get("referer"), "/"))
+            raise FormRefused(False, _came_from(request) or "/")
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise HTTPException(303, headers={"Location": "/login?" + urlencode({"next": target})})
     return user
@@ -339,13 +344,8 @@ def error_page(
     It reads no session and no database, so it also serves when those are what failed."""
     title, default = _ERRORS.get(status_code, (HTTPStatus(status_code).phrase, ""))
     if back is None:
-        referer = urlsplit(request.headers.get("referer", ""))
-        here = referer.netloc == request.url.netloc and referer.path != request.url.path
-        back = (
-            _local(referer.path + (f"?{referer.query}" if referer.query else ""), "")
-            if here
-            else ""
-        )
+        back = _came_from(request)
+        back = "" if urlsplit(back).path == request.url.path else back
     return templates.TemplateResponse(
         request,
         "error.html",
@@ -428,8 +428,8 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def _wait(retry_at: datetime) -> str:
-    minutes = max(1, math.ceil((retry_at - clock.now()).total_seconds() / 60))
+def _wait(retry_at: datetime, seconds: int) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
     return f"{retry_at:%H:%M} UTC (in {minutes} minute{'s' if minutes != 1 else ''})"
 
 
@@ -462,7 +462,7 @@ def login(request: Request, form: Annotated[FormData, Depends(_posted)]) -> Resp
             email=email,
             error=(
                 f"Too many wrong passwords {whose}: signing in is paused until "
-                f"{_wait(outcome.retry_at)}. The password was not checked. If it is "
+                f"{_wait(outcome.retry_at, seconds)}. The password was not checked. If it is "
                 "forgotten, ask whoever runs Postwarden to set a new one."
             ),
         )
@@ -479,6 +479,9 @@ def login(request: Request, form: Annotated[FormData, Depends(_posted)]) -> Resp
             error="The email address or the password is wrong.",
         )
     with engine.begin() as conn:
+        previous = request.session.get("sid")
+        if isinstance(previous, str):  # signing in again ends the session this cookie had
+            sessions.revoke(conn, previous)
         token = sessions.start(conn, outcome.id)
     draft = request.session.get("draft")
     # A fresh session (and CSRF token) at sign-in: nothing set before it carries over but
