@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
-from test_pages import PASSWORD, _bounce, _client, _send, _sign_in, _token, admin  # noqa: F401
+from test_pages import PASSWORD, _bounce, _client, _send, _sign_in, _token, admin, signed_in  # noqa: F401
 
 from postwarden.settings import Settings
 from postwarden.store import accounts
@@ -43,15 +43,12 @@ def _is_page(response: object, code: int, *phrases: str) -> str:
     ],
 )
 def test_errors_are_pages_for_a_browser(
-    settings: Settings,
-    engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
     path: str,
     code: int,
     phrase: str,
 ) -> None:
-    client = _client(settings, engine)
-    _sign_in(client)
+    client = signed_in
     _is_page(client.get(path, headers=HTML), code, phrase)
 
 
@@ -64,13 +61,10 @@ def test_the_api_and_non_browsers_keep_json_errors(settings: Settings, engine: E
 
 
 def test_a_stale_form_is_a_page_and_its_input_is_kept(
-    settings: Settings,
-    engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
 ) -> None:
     """Signed in, but the form's token is from before (another tab, an older sign-in)."""
-    client = _client(settings, engine)
-    _sign_in(client)
+    client = signed_in
     response = client.post(
         "/suppressions",
         data={"csrf": "from-an-old-page", "address": "typed@example.test", "note": "asked"},
@@ -103,7 +97,7 @@ def test_the_resend_address_survives_signing_in_again(
     )
     text = _is_page(response, 401, "Your session has ended", "what you typed is kept")
     assert f'name="next" value="/messages/{message_id}"' in text
-    signed_in = client.post(
+    back_in = client.post(
         "/login",
         data={
             "csrf": _token(text),
@@ -114,8 +108,8 @@ def test_the_resend_address_survives_signing_in_again(
         headers=HTML,
         follow_redirects=False,
     )
-    assert signed_in.status_code == 303
-    assert signed_in.headers["location"] == f"/messages/{message_id}"
+    assert back_in.status_code == 303
+    assert back_in.headers["location"] == f"/messages/{message_id}"
     page = client.get(f"/messages/{message_id}", headers=HTML).text
     assert re.search(r'id="resend-to"[^>]*value="new@example.test"', page), page
     assert "filled in again below: check it, then send it" in page
@@ -124,12 +118,9 @@ def test_the_resend_address_survives_signing_in_again(
 
 
 def test_an_error_page_links_back_to_where_the_visitor_was(
-    settings: Settings,
-    engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
 ) -> None:
-    client = _client(settings, engine)
-    _sign_in(client)
+    client = signed_in
     response = client.get(
         "/messages/abc", headers=HTML | {"Referer": "http://testserver/undelivered?status=bounced"}
     )

@@ -74,6 +74,14 @@ def admin(engine: Engine, account_key: tuple[accounts.Account, str]) -> accounts
     return account
 
 
+@pytest.fixture
+def signed_in(settings: Settings, engine: Engine, admin: accounts.Account) -> TestClient:
+    """A client signed in as the admin (its CSRF token in ``client.csrf``)."""
+    client = _client(settings, engine)
+    client.csrf = _sign_in(client)  # type: ignore[attr-defined]
+    return client
+
+
 @pytest.mark.parametrize(
     "path",
     [

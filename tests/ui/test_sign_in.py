@@ -15,7 +15,7 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, update
-from test_pages import PASSWORD, _client, _sign_in, _token, admin  # noqa: F401
+from test_pages import PASSWORD, _client, _sign_in, _token, admin, signed_in  # noqa: F401
 
 from postwarden.domain import clock
 from postwarden.settings import Settings
@@ -158,12 +158,10 @@ def test_the_password_is_checked_outside_any_write_transaction(
 
 
 def test_an_old_cookie_is_refused_after_sign_out(
-    settings: Settings,
-    engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
 ) -> None:
-    client = _client(settings, engine)
-    token = _sign_in(client)
+    client = signed_in
+    token = client.csrf  # type: ignore[attr-defined]
     old = client.cookies["pw_session"]
     client.post("/logout", data={"csrf": token})
     client.cookies.set("pw_session", old)  # as a copied (stolen, cached) cookie would
@@ -172,12 +170,9 @@ def test_an_old_cookie_is_refused_after_sign_out(
 
 
 def test_signing_in_again_ends_the_session_the_cookie_had(
-    settings: Settings,
-    engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
 ) -> None:
-    client = _client(settings, engine)
-    _sign_in(client)
+    client = signed_in
     old = client.cookies["pw_session"]
     _sign_in(client)
     assert client.get("/", follow_redirects=False).status_code == 200
@@ -186,12 +181,10 @@ def test_signing_in_again_ends_the_session_the_cookie_had(
 
 
 def test_an_expired_session_is_refused(
-    settings: Settings,
     engine: Engine,
-    admin: accounts.Account,  # noqa: F811
+    signed_in: TestClient,  # noqa: F811
 ) -> None:
-    client = _client(settings, engine)
-    _sign_in(client)
+    client = signed_in
     assert client.get("/", follow_redirects=False).status_code == 200
     with engine.begin() as conn:
         conn.execute(update(t.sessions).values(expires_at=clock.now() - timedelta(seconds=1)))
