@@ -143,6 +143,7 @@ def api_server(parts: Parts, wake: Callable[[], None], host: str, port: int) -> 
         lifespan="off",
         access_log=False,
         http=_http_impl(),
+        proxy_headers=False,  # the app applies them, from POSTWARDEN_TRUSTED_PROXIES only
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     track_text_links: bool = False
     """Also rewrite bare URLs in plain-text bodies through the click redirect."""
 
+    # Web
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Comma list of reverse proxies (addresses or CIDR networks) whose X-Forwarded-Proto and
+    X-Forwarded-For are believed: whether the UI was reached over https (its cookie is then
+    Secure) and the client's address (the sign-in rate limit). Empty: none."""
+
     @model_validator(mode="before")
     @classmethod
     def _no_renamed_variables(cls, values: Any) -> Any:

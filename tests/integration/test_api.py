@@ -6,6 +6,7 @@ Failure paths check what the caller sees (status code, message) and that nothing
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -457,3 +458,96 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         "/v1/messages/{message_id}/resend",
         "/v1/suppressions",
     } <= set(spec["paths"])
+
+
+# region what once answered 500 (issue 13.5): each a 4xx now, with nothing stored
+
+TOO_BIG = 2**63  # one past the largest id either database holds
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("get", f"/v1/messages/{TOO_BIG}", 422),
+        ("post", f"/v1/messages/{TOO_BIG}/cancel", 422),
+        ("post", f"/v1/messages/{TOO_BIG}/resend", 422),
+        ("get", f"/v1/broadcasts/{TOO_BIG}", 422),
+        ("get", f"/v1/contacts/{TOO_BIG}", 422),
+        ("get", f"/v1/messages?broadcast={TOO_BIG}", 422),
+        ("get", f"/v1/suppressions?offset={TOO_BIG}", 422),
+        ("get", "/v1/reports/engagement?until=9999-12-31", 422),
+        ("get", "/v1/reports/engagement?group=day&until=0001-01-01", 200),  # empty, not 500
+    ],
+)
+def test_out_of_range_numbers_and_dates_are_4xx(
+    client: TestClient, auth: dict[str, str], method: str, path: str, code: int
+) -> None:
+    response = client.request(method, path, headers=auth)
+    assert response.status_code == code, response.text
+    assert response.json()["detail" if code == 422 else "rows"] is not None
+
+
+def _nested(depth: int) -> bytes:
+    inner = b'{"a": ' * depth + b"1" + b"}" * depth
+    return b'{"from": "app@acme.test", "to": "bob@example.test", "text": "x", "metadata": ' + (
+        inner + b"}"
+    )
+
+
+def test_json_nested_too_deep_is_400(
+    client: TestClient, post_auth: dict[str, str], engine: Engine
+) -> None:
+    response = client.post(
+        "/v1/messages",
+        content=_nested(1000),
+        headers=post_auth | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert counts(engine) == (0, 0, 0)
+
+
+BROADCAST = {k: v for k, v in MESSAGE.items() if k != "to"} | {
+    "recipients": [{"email": "a@example.test"}]
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/messages", MESSAGE, "text"),
+        ("/v1/messages", MESSAGE, "subject"),
+        ("/v1/broadcasts", BROADCAST, "subject"),
+    ],
+)
+def test_lone_surrogates_are_422(
+    client: TestClient,
+    post_auth: dict[str, str],
+    engine: Engine,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    raw = json.dumps(body | {field: "bad \ud800 text"})  # ASCII: the surrogate as \ud800
+    headers = post_auth | {"Content-Type": "application/json"}
+    response = client.post(path, content=raw, headers=headers)
+    assert response.status_code == 422, response.text
+    assert "U+D800, a lone surrogate" in response.json()["detail"]
+    assert counts(engine) == (0, 0, 0)
+    # a pair of surrogates is one character, an emoji: stored
+    pair = json.dumps(body | {field: "fine \U0001f600"})
+    assert "\\ud83d\\ude00" in pair
+    assert client.post(path, content=pair, headers=headers).status_code == 202
+
+
+def test_api_answers_carry_the_security_headers(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.get("/v1/messages", headers=auth)
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "same-origin"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert client.get("/v1/nowhere", headers={"Accept": "text/html"}).json() == {
+        "detail": "Not Found"
+    }  # the JSON API keeps JSON errors, even for a browser
+
+
+# endregion

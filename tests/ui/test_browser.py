@@ -302,13 +302,34 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def _sign_in(browser: Browser, site: Site, width: int = 1280) -> Page:
+CSP_REFUSALS: list[str] = []
+"""What Chromium refused under the pages' Content-Security-Policy (an inline style, a script):
+every test's pages must need nothing it refuses."""
+
+
+@pytest.fixture(autouse=True)
+def _no_csp_refusals() -> Iterator[None]:
+    CSP_REFUSALS.clear()
+    yield
+    assert not CSP_REFUSALS, CSP_REFUSALS
+
+
+def _new_page(browser: Browser, site: Site, width: int = 1280) -> Page:
     context = browser.new_context(
         viewport={"width": width, "height": 800 if width > 600 else 740},
         base_url=site.base,
         timezone_id="UTC",
     )
     page = context.new_page()
+    page.on(
+        "console",
+        lambda m: CSP_REFUSALS.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return page
+
+
+def _sign_in(browser: Browser, site: Site, width: int = 1280) -> Page:
+    page = _new_page(browser, site, width)
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
     page.get_by_label("Email address").fill("ops@acme.test")
@@ -328,8 +349,8 @@ def _shot(page: Page, name: str) -> None:
 
 
 def test_sign_in_and_dashboard(browser: Browser, site: Site) -> None:
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=site.base)
-    page = context.new_page()
+    page = _new_page(browser, site)
+    context = page.context
     page.goto("/")
     expect(page).to_have_title("Sign in · Postwarden")
     _shot(page, "login")
@@ -558,6 +579,82 @@ def test_inbound_mail_to_review(
     )
     assert overflow <= 0, f"/inbound scrolls sideways at 360 px by {overflow}px"
     _shot(page, "inbound")
+
+
+@pytest.mark.parametrize("width", [1280, 360])
+def test_error_pages(browser: Browser, site: Site, width: int) -> None:
+    page = _sign_in(browser, site, width)
+    response = page.goto("/no/such/page", referer=f"{site.base}/messages")  # a broken link
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", level=1)).to_have_text("Page not found")
+    _shot(page, "error-not-found")
+    page.get_by_role("link", name="Back to the page you were on").click()
+    expect(page).to_have_title("Mail log · Postwarden")
+    response = page.goto("/messages/abc")
+    assert response is not None and response.status == 404
+    expect(page.get_by_text("message and broadcast numbers are whole numbers")).to_be_visible()
+    response = page.goto("/undelivered?until=9999-12-31")
+    assert response is not None and response.status == 422
+    expect(page.get_by_role("alert")).to_contain_text("the last day a report can end")
+    page.goto(f"/messages/{site.ids['jane']}/resend")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not a page to open")
+    _shot(page, "error-not-a-page")
+    page.get_by_role("link", name="Go to the dashboard").click()
+    expect(page).to_have_title("Dashboard · Postwarden")
+    page.context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 360])
+def test_a_resend_typed_after_the_session_ended_survives_signing_in(
+    browser: Browser, site: Site, width: int
+) -> None:
+    page = _sign_in(browser, site, width)
+    page.goto(f"/messages/{site.ids['jane']}")
+    page.context.clear_cookies()  # the session ended while the page was open
+    page.get_by_label("Corrected address (optional)").fill("jane.doe@example.test")
+    page.get_by_role("button", name="Resend").click()
+    expect(page.get_by_role("alert").first).to_contain_text("Your session has ended")
+    _shot(page, "session-ended")
+    page.get_by_label("Email address").fill("ops@acme.test")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(f"/messages/{site.ids['jane']}$"))
+    expect(page.get_by_label("Corrected address (optional)")).to_have_value("jane.doe@example.test")
+    expect(page.get_by_role("status")).to_contain_text("filled in again below")
+    _shot(page, "session-ended-kept")
+    page.context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 360])
+def test_sign_in_is_paused_after_too_many_wrong_passwords(
+    browser: Browser, site: Site, width: int
+) -> None:
+    page = _new_page(browser, site, width)
+    email = f"guessed-{width}@acme.test"
+    page.goto("/login")
+    for _ in range(10):  # users.PER_EMAIL
+        page.get_by_label("Email address").fill(email)
+        page.get_by_label("Password").fill("not the password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("wrong")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Too many wrong passwords for this email address")
+    expect(alert).to_contain_text(re.compile(r"paused until \d\d:\d\d UTC \(in 15 minutes\)"))
+    _shot(page, "sign-in-paused")
+    page.context.close()
+
+
+def test_other_sites_cannot_frame_the_ui(browser: Browser, site: Site) -> None:
+    page = _new_page(browser, site)
+    CSP_REFUSALS.clear()
+    page.set_content(f'<iframe src="{site.base}/login" width="600" height="400"></iframe>')
+    page.wait_for_timeout(500)
+    frame = page.frames[-1]
+    assert frame is not page.main_frame
+    assert frame.locator("#email").count() == 0, "the sign-in page loaded inside a frame"
+    CSP_REFUSALS.clear()  # Chromium's refusal to frame it is the point here
     page.context.close()
 
 

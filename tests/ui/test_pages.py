@@ -75,6 +75,14 @@ def admin(engine: Engine, account_key: tuple[accounts.Account, str]) -> accounts
     return account
 
 
+@pytest.fixture
+def signed_in(settings: Settings, engine: Engine, admin: accounts.Account) -> TestClient:
+    """A client signed in as the admin (its CSRF token in ``client.csrf``)."""
+    client = _client(settings, engine)
+    client.csrf = _sign_in(client)  # type: ignore[attr-defined]
+    return client
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -326,8 +334,8 @@ def test_user_create_refuses_short_passwords_and_duplicates(
             users.create(conn, admin.id, "x@acme.test", "short")
         with pytest.raises(errors.Conflict):
             users.create(conn, admin.id, "Admin@acme.test", PASSWORD)
-        assert users.verify(conn, "admin@acme.test", PASSWORD) is not None
-        assert users.verify(conn, "nobody@acme.test", PASSWORD) is None
+    assert isinstance(users.sign_in(engine, "admin@acme.test", PASSWORD, "t"), users.User)
+    assert users.sign_in(engine, "nobody@acme.test", PASSWORD, "t") is None
 
 
 def test_the_page_and_the_resend_say_why_not_in_the_same_words(

@@ -479,7 +479,10 @@ def report_window(
     ``days`` days up to now by default."""
     today = today or clock.now().date()
     until = until or today
-    since = since or until - timedelta(days=days - 1)
+    if until >= date.max:  # its end, the next midnight, is past the last date there is
+        raise errors.InvalidInput(f"the last day a report can end is {date.max - timedelta(1)}")
+    back = timedelta(days=days - 1)
+    since = since or max(until, date.min + back) - back  # no date before year 1
     return (
         datetime.combine(since, time(), tzinfo=UTC),
         datetime.combine(until + timedelta(days=1), time(), tzinfo=UTC),

@@ -364,3 +364,31 @@ users = Table(
     Index(None, "account_id"),
 )
 """People who sign in to the web UI; each one sees only its own account's data."""
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", When, nullable=False),
+    Column("expires_at", When, nullable=False),
+    Column("revoked_at", When),
+    Index(None, "user_id"),
+)
+"""Web UI sign-ins: the cookie carries a random token, kept here only as its SHA-256, so
+signing out (or an operator) ends a session on the server, whatever the browser kept."""
+
+sign_in_failures = Table(
+    "sign_in_failures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    Column("client", String(64), nullable=False),
+    Column("at", When, nullable=False),
+    Index(None, "email", "at"),
+    Index(None, "client", "at"),
+    Index(None, "at"),
+)
+"""Recent failed sign-ins, by the email tried and the client address: what the sign-in rate
+limit counts (rows older than its window are pruned as new ones arrive)."""

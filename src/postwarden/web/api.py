@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +22,36 @@ from postwarden.settings import Settings
 from postwarden.store import accounts, contacts, db, queries, recorder, suppression
 from postwarden.store.accounts import Account
 from postwarden.web.groupcommit import GroupCommit
+
+
+class Refusal(BaseModel):
+    """Every refusal's body, whatever its status code."""
+
+    detail: str = Field(description="What was wrong, in words")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="On a 422 from validation: each problem (loc, msg, type)"
+    )
+
+
+def _refused(*codes: int) -> dict[int | str, dict[str, Any]]:
+    words = {
+        400: "The body is not JSON",
+        401: "No valid API key",
+        404: "Not found in this account",
+        409: "Not possible in its current state",
+        413: "The body is too large",
+        422: "Not valid: the detail says what",
+    }
+    return {code: {"model": Refusal, "description": words[code]} for code in codes}
+
+
+REFUSALS = _refused(400, 401, 413, 422)
+"""The refusals any /v1 operation can give (the app documents them on every one)."""
+
+MAX_ID = 2**63 - 1
+"""The largest id either database holds (a signed 64-bit integer): larger ones are refused
+as invalid before a query could overflow."""
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 router = APIRouter(prefix="/v1")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -185,13 +215,15 @@ class MessageFastPath:
         if size <= self.limit:
             try:
                 parsed = schemas.MessageIn.model_validate(json.loads(body))
-            except (ValueError, ValidationError):
-                pass  # FastAPI words the refusal
+            except (ValueError, ValidationError, RecursionError):
+                pass  # FastAPI words the refusal (RecursionError: JSON nested too deep)
             else:
                 try:
                     response = await _accept_message(self.state, account, parsed)
                 except errors.PostwardenError as exc:
                     response = error_response(exc)
+                except UnicodeEncodeError as exc:
+                    response = unstorable_response(exc)
                 return await response(scope, receive, send)
         return await self.app(scope, _replay(body, more, receive), send)
 
@@ -218,10 +250,27 @@ _STATUS = {
 }
 
 
+def status_of(exc: errors.PostwardenError) -> int:
+    """The HTTP status code of a refusal (400 by default)."""
+    return next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 400)
+
+
 def error_response(exc: errors.PostwardenError) -> JSONResponse:
-    """The JSON answer to a refusal: ``{"detail": ...}`` with its status code (400 by default)."""
-    code = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 400)
-    return JSONResponse({"detail": exc.message}, code)
+    """The JSON answer to a refusal: ``{"detail": ...}`` with its status code."""
+    return JSONResponse({"detail": exc.message}, status_of(exc))
+
+
+def unstorable(exc: UnicodeEncodeError) -> str:
+    """Words for text the database cannot store: JSON can carry lone surrogates (``\\ud800``),
+    which are not characters and have no UTF-8 form."""
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+    codes = ", ".join(f"U+{ord(c):04X}" for c in bad[:3]) or "a character"
+    return f"the text holds {codes}, a lone surrogate, which is not a character: send valid Unicode"
+
+
+def unstorable_response(exc: UnicodeEncodeError) -> JSONResponse:
+    """422 for text that reached the database unstorable (nothing of the request is stored)."""
+    return JSONResponse({"detail": unstorable(exc)}, 422)
 
 
 @router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")
@@ -233,7 +282,7 @@ def list_messages(
     ] = None,
     undelivered: bool = False,
     address: str | None = Query(None, description="exact address, or @domain"),
-    broadcast: int | None = None,
+    broadcast: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     category: str | None = None,
     channel: str | None = None,
     since: datetime | None = None,
@@ -254,8 +303,12 @@ def list_messages(
     return MessagePage(items=page.items, next_cursor=page.next_cursor)
 
 
-@router.get("/messages/{message_id}", summary="One message: status, reason, timeline, attempts")
-def get_message(message_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
+@router.get(
+    "/messages/{message_id}",
+    summary="One message: status, reason, timeline, attempts",
+    responses=_refused(404),
+)
+def get_message(message_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.message_detail(conn, account.id, message_id)
 
 
@@ -263,9 +316,10 @@ def get_message(message_id: int, account: AccountDep, conn: ReadConnDep) -> dict
     "/messages/{message_id}/cancel",
     response_model=schemas.Accepted,
     summary="Cancel a pending message (409 once it is no longer pending)",
+    responses=_refused(404, 409),
 )
 def cancel_message(
-    message_id: int, account: AccountDep, conn: ConnDep, settings: SettingsDep
+    message_id: Id, account: AccountDep, conn: ConnDep, settings: SettingsDep
 ) -> schemas.Accepted:
     outcome = recorder.cancel(conn, account.id, message_id, actor="api", policy=_policy(settings))
     return schemas.Accepted(id=message_id, status=outcome.after.value)
@@ -276,9 +330,10 @@ def cancel_message(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.Accepted,
     summary="Send again, optionally to a corrected address, as a new linked message",
+    responses=_refused(404, 409),
 )
 def resend_message(
-    message_id: int,
+    message_id: Id,
     account: AccountDep,
     conn: ConnDep,
     request: Request,
@@ -312,8 +367,12 @@ def send_broadcast(
     return accepted
 
 
-@router.get("/broadcasts/{broadcast_id}", summary="A broadcast and its counts per status")
-def get_broadcast(broadcast_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
+@router.get(
+    "/broadcasts/{broadcast_id}",
+    summary="A broadcast and its counts per status",
+    responses=_refused(404),
+)
+def get_broadcast(broadcast_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.broadcast_detail(conn, account.id, broadcast_id)
 
 
@@ -337,8 +396,8 @@ def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) 
     }
 
 
-@router.get("/contacts/{contact_id}", summary="One contact")
-def get_contact(contact_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
+@router.get("/contacts/{contact_id}", summary="One contact", responses=_refused(404))
+def get_contact(contact_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return contacts.get(conn, account.id, contact_id)
 
 
@@ -348,7 +407,7 @@ def list_suppressions(
     conn: ReadConnDep,
     search: str = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> dict[str, Any]:
     rows = suppression.list_entries(conn, account.id, search=search, limit=limit, offset=offset)
     return {"items": [dict(r._mapping) for r in rows]}  # type: ignore[attr-defined]
@@ -375,6 +434,7 @@ def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep)
 @router.delete(
     "/suppressions/{address}",
     summary="Mark the address as valid: remove it, and list what was dropped for it",
+    responses=_refused(404),
 )
 def remove_suppression(
     address: str, account: AccountDep, conn: ConnDep, category: str | None = None
@@ -402,7 +462,9 @@ def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> di
     return {"pattern": body.address.strip().lower(), "added": added}
 
 
-@router.delete("/blocks/{pattern}", summary="Remove an entry from the block list")
+@router.delete(
+    "/blocks/{pattern}", summary="Remove an entry from the block list", responses=_refused(404)
+)
 def remove_block(pattern: str, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     suppression.unblock(conn, account.id, pattern, actor="api")
     return {"pattern": pattern, "removed": True}

@@ -1,8 +1,11 @@
 """The admin web UI: server-rendered pages over the same reads and actions as the JSON API.
 
-Sessions are Starlette's signed cookie (itsdangerous), HttpOnly and SameSite=Lax. Every
-visitor's session carries a random CSRF token; every form posts it back, and a POST without
-the matching token is refused with 403 before anything else happens.
+Sessions are Starlette's signed cookie (itsdangerous), HttpOnly and SameSite=Lax, Secure when
+the request came over https; a signed-in cookie names a session kept on the server
+(:mod:`postwarden.store.sessions`), so signing out ends it for good. Every visitor's session
+carries a random CSRF token; every form posts it back, and a POST without the matching token,
+or from a session that has ended, does nothing: it gets a page saying so, and what was typed
+is kept and filled in again once the operator is back (never sent by itself).
 """
 
 from __future__ import annotations
@@ -11,25 +14,38 @@ import csv
 import hashlib
 import hmac
 import io
+import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postwarden import errors
-from postwarden.domain import addresses
+from postwarden.domain import addresses, clock
 from postwarden.domain.status import UNDELIVERED, Status
 from postwarden.intake import accept
-from postwarden.store import accounts, db, inbound_queue, queries, recorder, suppression, users
+from postwarden.store import (
+    accounts,
+    db,
+    inbound_queue,
+    queries,
+    recorder,
+    sessions,
+    suppression,
+    users,
+)
 from postwarden.web import api
 
 HERE = Path(__file__).parent
@@ -37,7 +53,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 
 COOKIE = "pw_session"
-SESSION_SECONDS = 12 * 3600
+SESSION_SECONDS = int(sessions.LIFETIME.total_seconds())
 PAGE = 50
 CHART_DAYS = 7
 CSV_MAX_ROWS = 1_000_000
@@ -69,19 +85,35 @@ def install(app: FastAPI) -> None:
     """Add the UI's pages, its static files and its sessions to the app.
 
     Sessions are Starlette's signed cookie (itsdangerous), keyed by a key derived from the
-    app's secret: HttpOnly, SameSite=Lax, 12 hours."""
+    app's secret: HttpOnly, SameSite=Lax, 12 hours, Secure over https."""
     secret: bytes = app.state.secret
     key = hmac.new(secret, b"postwarden web ui session", hashlib.sha256).hexdigest()
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=key,
-        session_cookie=COOKIE,
-        max_age=SESSION_SECONDS,
-        same_site="lax",
-        https_only=app.state.settings.tracking_base_url.startswith("https://"),
-    )
+    app.add_middleware(SessionsByScheme, secret_key=key)
+    app.add_exception_handler(FormRefused, _form_refused)  # type: ignore[arg-type]
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+
+class SessionsByScheme:
+    """Starlette's session cookie, marked Secure when this request came over https.
+
+    The scheme is the request's own, or what a trusted proxy said (``X-Forwarded-Proto``, see
+    ``POSTWARDEN_TRUSTED_PROXIES``): a cookie set over https is never sent over plain http,
+    and a UI served over plain http (a laptop, a test) still gets one."""
+
+    def __init__(self, app: ASGIApp, secret_key: str) -> None:
+        options: dict[str, Any] = {
+            "secret_key": secret_key,
+            "session_cookie": COOKIE,
+            "max_age": SESSION_SECONDS,
+            "same_site": "lax",
+        }
+        self.plain = SessionMiddleware(app, **options)
+        self.secure = SessionMiddleware(app, https_only=True, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chosen = self.secure if scope.get("scheme") in ("https", "wss") else self.plain
+        await chosen(scope, receive, send)
 
 
 # region sessions and CSRF
@@ -106,34 +138,127 @@ def _flash(request: Request, text: str, kind: str = "ok") -> None:
     _set(request, flash={"text": text, "kind": kind})
 
 
-async def csrf_form(request: Request) -> FormData:
-    """The posted form, once its CSRF token matches the session's; 403 otherwise."""
-    form = await request.form()
+def _token_ok(request: Request, form: FormData) -> bool:
     sent = form.get("csrf")
     expected = request.session.get("csrf")
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
-        raise HTTPException(
-            403,
-            "The form's security token is missing or out of date. Reload the page and try again.",
-        )
+    return isinstance(sent, str) and bool(expected) and hmac.compare_digest(sent, expected)
+
+
+def _session_user(request: Request) -> users.User | None:
+    """The user of this cookie's server-side session, if it is still open."""
+    token = request.session.get("sid")
+    if not isinstance(token, str):
+        return None
+    with db.reader(request.app.state.engine).connect() as conn:
+        return sessions.user(conn, token)
+
+
+class FormRefused(Exception):
+    """A form posted from a session that has ended, or with an out-of-date token: nothing
+    was done; what was typed is kept in the session (``draft``) for the page it came from."""
+
+    def __init__(self, signed_in: bool, page: str) -> None:
+        super().__init__(page)
+        self.signed_in = signed_in
+        self.page = page
+
+
+DRAFT_FIELD_CHARS = 500
+_NOT_KEPT = ("csrf", "password", "back", "next")
+
+
+def _came_from(request: Request) -> str:
+    """The page this request came from (its Referer) if that is on this site, else ""."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.url.netloc or not referer.path:
+        return ""
+    return _local(referer.path + (f"?{referer.query}" if referer.query else ""), "")
+
+
+def _form_page(request: Request, form: FormData) -> str:
+    """The page the form was on: its ``back`` field, or where the request came from."""
+    back = form.get("back")
+    if isinstance(back, str) and _local(back, ""):
+        return back
+    return _came_from(request) or "/"
+
+
+def _keep_draft(request: Request, form: FormData, page: str) -> None:
+    fields = {
+        name: value[:DRAFT_FIELD_CHARS]
+        for name, value in form.items()
+        if isinstance(value, str) and value and name not in _NOT_KEPT
+    }
+    if fields:
+        _set(request, draft={"page": page, "action": request.url.path, "fields": fields})
+
+
+async def user_form(request: Request) -> FormData:
+    """The posted form of a signed-in user whose CSRF token matches; otherwise
+    :class:`FormRefused`, keeping what was typed."""
+    form = await request.form()
+    user = await run_in_threadpool(_session_user, request)
+    if user is None or not _token_ok(request, form):
+        page = _form_page(request, form)
+        _keep_draft(request, form, page)
+        raise FormRefused(user is not None, page)
+    request.state.user = user
     return form
+
+
+async def _posted(request: Request) -> FormData:
+    return await request.form()
 
 
 def _user(request: Request) -> users.User:
     """The signed-in user, or a redirect to the sign-in page."""
-    user_id = request.session.get("uid")
-    user = None
-    if isinstance(user_id, int):
-        with db.reader(request.app.state.engine).connect() as conn:
-            user = users.by_id(conn, user_id)
+    user: users.User | None = getattr(request.state, "user", None) or _session_user(request)
     if user is None:
+        if request.method != "GET":  # a form with no FormDep before its UserDep
+            raise FormRefused(False, _came_from(request) or "/")
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise HTTPException(303, headers={"Location": "/login?" + urlencode({"next": target})})
     return user
 
 
 UserDep = Annotated[users.User, Depends(_user)]
-FormDep = Annotated[FormData, Depends(csrf_form)]
+FormDep = Annotated[FormData, Depends(user_form)]
+
+
+def _form_refused(request: Request, exc: FormRefused) -> Response:
+    if not exc.signed_in:
+        return _page(
+            request,
+            "login.html",
+            None,
+            401,
+            next=exc.page,
+            email="",
+            notice=(
+                "Your session has ended (you signed out, or signed in more than 12 hours "
+                "ago), so that was not done. Sign in again: what you typed is kept and "
+                "filled in again, to check and send."
+            ),
+        )
+    return error_page(
+        request,
+        403,
+        "This form was out of date (it was opened before your last sign-in), so it was not "
+        "sent. What you typed is kept: go back to the page, check it and send it again.",
+        back=exc.page,
+    )
+
+
+def _kept(request: Request) -> Callable[[str, str], str]:
+    """``kept(action, field)`` for the templates: what was typed into that form before a
+    sign-in, on the page it came from (once), else ""."""
+    draft = request.session.get("draft")
+    fields: Mapping[str, str] = {}
+    action = None
+    if isinstance(draft, dict) and urlsplit(str(draft.get("page"))).path == request.url.path:
+        _set(request, draft=None)
+        fields, action = draft.get("fields") or {}, draft.get("action")
+    return lambda form, name: str(fields.get(name, "")) if form == action else ""
 
 
 def _local(target: str | None, default: str = "/") -> str:
@@ -183,10 +308,68 @@ def _page(
     response = templates.TemplateResponse(
         request,
         name,
-        {"user": user, "csrf": _csrf(request), "flash": flash, **context},
+        {"user": user, "csrf": _csrf(request), "flash": flash, "kept": _kept(request), **context},
         status_code=status_code,
     )
     return response
+
+
+NO_SUCH_NUMBER = (
+    "There is no page at this address: message and broadcast numbers are whole numbers "
+    "from 1, like /messages/42."
+)
+_ERRORS = {
+    400: ("The request was not understood", "Go back and try again."),
+    401: ("Sign in first", "This page is for signed-in operators."),
+    403: ("Not allowed", "This action is not allowed from here."),
+    404: (
+        "Page not found",
+        "There is no page at this address: the link may be wrong or out of date.",
+    ),
+    405: (
+        "Not a page to open",
+        "This address is where a form's button sends its form: go back to the page with the "
+        "form and use it there.",
+    ),
+    413: ("Too large", "What was sent is larger than Postwarden accepts."),
+    422: ("Not valid", "Some of what was asked for is not valid."),
+    500: (
+        "Something went wrong on Postwarden's side",
+        "Nothing was lost by looking; the error is in the server's log. Try again, and if it "
+        "keeps happening, tell whoever runs this Postwarden.",
+    ),
+}
+
+
+def error_page(
+    request: Request,
+    status_code: int,
+    text: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    back: str | None = None,
+) -> Response:
+    """An error as a page with a way back, for a browser (the JSON API keeps JSON errors).
+
+    It reads no session and no database, so it also serves when those are what failed."""
+    title, default = _ERRORS.get(status_code, (HTTPStatus(status_code).phrase, ""))
+    if back is None:
+        back = _came_from(request)
+        back = "" if urlsplit(back).path == request.url.path else back
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "user": None,
+            "csrf": "",
+            "flash": None,
+            "title": title,
+            "text": text or default,
+            "back": back,
+            "status": status_code,
+        },
+        status_code=status_code,
+        headers=dict(headers or {}),
+    )
 
 
 def _redirect(url: str) -> Response:
@@ -210,9 +393,12 @@ def _int(value: str | None) -> int | None:
     if not value:
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError as exc:
         raise errors.InvalidInput(f"not a number: {value!r}") from exc
+    if not 1 <= number <= api.MAX_ID:
+        raise errors.InvalidInput(f"no such number here: {value}")
+    return number
 
 
 def _log_filter(params: dict[str, str]) -> queries.LogFilter:
@@ -246,14 +432,52 @@ def login_form(request: Request, next: str = "/") -> Response:
     return _page(request, "login.html", None, next=_local(next), email="")
 
 
+def _client(request: Request) -> str:
+    """The client's address (a trusted proxy's X-Forwarded-For already applied)."""
+    return request.client.host if request.client else ""
+
+
+def _wait(retry_at: datetime, seconds: int) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{retry_at:%H:%M} UTC (in {minutes} minute{'s' if minutes != 1 else ''})"
+
+
 @router.post("/login")
-def login(request: Request, form: FormDep) -> Response:
+def login(request: Request, form: Annotated[FormData, Depends(_posted)]) -> Response:
     email = str(form.get("email") or "")
     password = str(form.get("password") or "")
     target = _local(str(form.get("next") or "/"))
-    with request.app.state.engine.begin() as conn:
-        user = users.verify(conn, email, password)
-    if user is None:
+    if not _token_ok(request, form):
+        return _page(
+            request,
+            "login.html",
+            None,
+            403,
+            next=target,
+            email=email,
+            error="The sign-in form had been open too long. Sign in again.",
+        )
+    engine = request.app.state.engine
+    outcome = users.sign_in(engine, email, password, _client(request))
+    if isinstance(outcome, users.Refused):
+        whose = "for this email address" if outcome.by == "email" else "from your network"
+        seconds = max(1, math.ceil((outcome.retry_at - clock.now()).total_seconds()))
+        response = _page(
+            request,
+            "login.html",
+            None,
+            429,
+            next=target,
+            email=email,
+            error=(
+                f"Too many wrong passwords {whose}: signing in is paused until "
+                f"{_wait(outcome.retry_at, seconds)}. The password was not checked. If it is "
+                "forgotten, ask whoever runs Postwarden to set a new one."
+            ),
+        )
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    if outcome is None:
         return _page(
             request,
             "login.html",
@@ -263,14 +487,30 @@ def login(request: Request, form: FormDep) -> Response:
             email=email,
             error="The email address or the password is wrong.",
         )
-    # A fresh session (and CSRF token) at sign-in: nothing set before it carries over.
+    with engine.begin() as conn:
+        previous = request.session.get("sid")
+        if isinstance(previous, str):  # signing in again ends the session this cookie had
+            sessions.revoke(conn, previous)
+        token = sessions.start(conn, outcome.id)
+    draft = request.session.get("draft")
+    # A fresh session (and CSRF token) at sign-in: nothing set before it carries over but
+    # what was typed into a form when the last session had ended.
     request.session.clear()
-    _set(request, uid=user.id, csrf=secrets.token_urlsafe(24))
+    _set(request, sid=token, csrf=secrets.token_urlsafe(24), draft=draft)
+    if isinstance(draft, dict) and urlsplit(str(draft.get("page"))).path == urlsplit(target).path:
+        _flash(
+            request,
+            "What you typed before signing in is filled in again below: check it, then send it.",
+        )
     return _redirect(target)
 
 
 @router.post("/logout")
 def logout(request: Request, form: FormDep) -> Response:
+    token = request.session.get("sid")
+    if isinstance(token, str):
+        with request.app.state.engine.begin() as conn:
+            sessions.revoke(conn, token)
     request.session.clear()
     _set(request, csrf=secrets.token_urlsafe(24))
     _flash(request, "You are signed out.")
@@ -407,7 +647,7 @@ def mail_log_csv(request: Request, user: UserDep) -> Response:
 
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
-def message(request: Request, message_id: int, user: UserDep, conn: api.ReadConnDep) -> Response:
+def message(request: Request, message_id: api.Id, user: UserDep, conn: api.ReadConnDep) -> Response:
     try:
         item = queries.message_detail(conn, user.account_id, message_id)
     except errors.NotFound:
@@ -431,7 +671,7 @@ def _policy(request: Request) -> suppression.Policy:
 
 @router.post("/messages/{message_id}/cancel")
 def cancel(
-    request: Request, message_id: int, form: FormDep, user: UserDep, conn: api.ConnDep
+    request: Request, message_id: api.Id, form: FormDep, user: UserDep, conn: api.ConnDep
 ) -> Response:
     try:
         recorder.cancel(
@@ -448,7 +688,7 @@ def cancel(
 
 @router.post("/messages/{message_id}/resend")
 def resend(
-    request: Request, message_id: int, form: FormDep, user: UserDep, conn: api.ConnDep
+    request: Request, message_id: api.Id, form: FormDep, user: UserDep, conn: api.ConnDep
 ) -> Response:
     to = str(form.get("to") or "").strip() or None
     back = _local(str(form.get("back") or ""), f"/messages/{message_id}")
@@ -651,7 +891,7 @@ def remove_block(request: Request, form: FormDep, user: UserDep, conn: api.ConnD
 
 @router.get("/broadcasts/{broadcast_id}", response_class=HTMLResponse)
 def broadcast(
-    request: Request, broadcast_id: int, user: UserDep, conn: api.ReadConnDep
+    request: Request, broadcast_id: api.Id, user: UserDep, conn: api.ReadConnDep
 ) -> Response:
     try:
         item = queries.broadcast_detail(conn, user.account_id, broadcast_id)
@@ -694,7 +934,7 @@ def broadcast(
 
 
 @router.get("/inbound", response_class=HTMLResponse)
-def inbound_review(request: Request, user: UserDep, conn: api.ConnDep) -> Response:
+def inbound_review(request: Request, user: UserDep, conn: api.ReadConnDep) -> Response:
     """The inbound mails of the last 30 days that changed nothing and need a person: those
     that could not be read, and bounces that carry no proof that Postwarden sent what they
     are about."""
@@ -712,7 +952,9 @@ def inbound_review(request: Request, user: UserDep, conn: api.ConnDep) -> Respon
 
 
 @router.get("/inbound/{inbound_id}/raw")
-def inbound_raw(request: Request, inbound_id: int, user: UserDep, conn: api.ConnDep) -> Response:
+def inbound_raw(
+    request: Request, inbound_id: api.Id, user: UserDep, conn: api.ReadConnDep
+) -> Response:
     """One inbound mail exactly as it was received, as plain text (never rendered)."""
     raw = inbound_queue.mail(conn, user.account_id, inbound_id)
     if raw is None:
