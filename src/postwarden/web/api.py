@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +21,7 @@ from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
 from postwarden.store import accounts, contacts, db, queries, recorder, suppression
 from postwarden.store.accounts import Account
+from postwarden.web import schemas as out
 from postwarden.web.groupcommit import GroupCommit
 
 router = APIRouter(prefix="/v1")
@@ -91,15 +92,14 @@ def _policy(settings: Settings) -> suppression.Policy:
     return suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
 
 
-class MessagePage(BaseModel):
-    items: list[dict[str, Any]]
-    next_cursor: str | None
+MessagePage = out.MessagePage
 
 
 @router.post(
     "/messages",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Send one email",
 )
 async def send_message(
@@ -224,7 +224,9 @@ def error_response(exc: errors.PostwardenError) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, code)
 
 
-@router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")
+@router.get(
+    "/messages", response_model=MessagePage, tags=["messages"], summary="The mail log, newest first"
+)
 def list_messages(
     account: AccountDep,
     conn: ReadConnDep,
@@ -251,10 +253,15 @@ def list_messages(
         cursor=cursor,
         limit=limit,
     )
-    return MessagePage(items=page.items, next_cursor=page.next_cursor)
+    return MessagePage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
 
 
-@router.get("/messages/{message_id}", summary="One message: status, reason, timeline, attempts")
+@router.get(
+    "/messages/{message_id}",
+    response_model=out.Message,
+    tags=["messages"],
+    summary="One message: status, reason, timeline, attempts",
+)
 def get_message(message_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.message_detail(conn, account.id, message_id)
 
@@ -262,6 +269,7 @@ def get_message(message_id: int, account: AccountDep, conn: ReadConnDep) -> dict
 @router.post(
     "/messages/{message_id}/cancel",
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Cancel a pending message (409 once it is no longer pending)",
 )
 def cancel_message(
@@ -275,6 +283,7 @@ def cancel_message(
     "/messages/{message_id}/resend",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Send again, optionally to a corrected address, as a new linked message",
 )
 def resend_message(
@@ -297,6 +306,7 @@ def resend_message(
     "/broadcasts",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.BroadcastAccepted,
+    tags=["broadcasts"],
     summary="One content to many recipients; intake decisions are counted at once",
 )
 def send_broadcast(
@@ -312,12 +322,23 @@ def send_broadcast(
     return accepted
 
 
-@router.get("/broadcasts/{broadcast_id}", summary="A broadcast and its counts per status")
+@router.get(
+    "/broadcasts/{broadcast_id}",
+    response_model=out.Broadcast,
+    tags=["broadcasts"],
+    summary="A broadcast and its counts per status",
+)
 def get_broadcast(broadcast_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.broadcast_detail(conn, account.id, broadcast_id)
 
 
-@router.post("/contacts", status_code=status.HTTP_201_CREATED, summary="Add a contact")
+@router.post(
+    "/contacts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=out.Contact,
+    tags=["contacts"],
+    summary="Add a contact",
+)
 def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     email = addresses.check(body.email) if body.email else None
     contact_id = contacts.create(
@@ -337,12 +358,19 @@ def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) 
     }
 
 
-@router.get("/contacts/{contact_id}", summary="One contact")
+@router.get(
+    "/contacts/{contact_id}", response_model=out.Contact, tags=["contacts"], summary="One contact"
+)
 def get_contact(contact_id: int, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return contacts.get(conn, account.id, contact_id)
 
 
-@router.get("/suppressions", summary="The suppression list (bounced addresses)")
+@router.get(
+    "/suppressions",
+    response_model=out.SuppressionList,
+    tags=["suppressions"],
+    summary="The suppression list (bounced addresses)",
+)
 def list_suppressions(
     account: AccountDep,
     conn: ReadConnDep,
@@ -355,7 +383,11 @@ def list_suppressions(
 
 
 @router.post(
-    "/suppressions", status_code=status.HTTP_201_CREATED, summary="Suppress an address by hand"
+    "/suppressions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=out.SuppressionAdded,
+    tags=["suppressions"],
+    summary="Suppress an address by hand",
 )
 def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     address = addresses.check(body.address)
@@ -374,6 +406,8 @@ def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep)
 
 @router.delete(
     "/suppressions/{address}",
+    response_model=out.SuppressionRemoved,
+    tags=["suppressions"],
     summary="Mark the address as valid: remove it, and list what was dropped for it",
 )
 def remove_suppression(
@@ -387,7 +421,7 @@ def remove_suppression(
     }
 
 
-@router.get("/blocks", summary="The block list")
+@router.get("/blocks", response_model=out.BlockList, tags=["blocks"], summary="The block list")
 def list_blocks(account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return {"items": [dict(r._mapping) for r in suppression.list_blocks(conn, account.id)]}  # type: ignore[attr-defined]
 
@@ -395,6 +429,8 @@ def list_blocks(account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
 @router.post(
     "/blocks",
     status_code=status.HTTP_201_CREATED,
+    response_model=out.BlockAdded,
+    tags=["blocks"],
     summary="Block an address, or a domain written @domain",
 )
 def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
@@ -402,7 +438,12 @@ def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> di
     return {"pattern": body.address.strip().lower(), "added": added}
 
 
-@router.delete("/blocks/{pattern}", summary="Remove an entry from the block list")
+@router.delete(
+    "/blocks/{pattern}",
+    response_model=out.BlockRemoved,
+    tags=["blocks"],
+    summary="Remove an entry from the block list",
+)
 def remove_block(pattern: str, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     suppression.unblock(conn, account.id, pattern, actor="api")
     return {"pattern": pattern, "removed": True}

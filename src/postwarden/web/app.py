@@ -7,12 +7,13 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postwarden import __version__, errors
 from postwarden.settings import Settings
-from postwarden.web import api, track, ui
+from postwarden.web import api, providers, schemas, track, ui, webhooks
 
 
 class BodyLimit:
@@ -59,6 +60,9 @@ def create_app(
         title="Postwarden",
         version=__version__,
         description="Send notifications and see what became of each one.",
+        # Operation ids are the functions' names (send_message, get_message...): stable, and
+        # what generated clients call their methods.
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -84,13 +88,19 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(api.router)
+    app.include_router(api.router, responses=schemas.ERRORS)
+    webhooks.install(app)  # /v1/webhooks, and the spec's "webhooks" section
+    app.include_router(providers.router, responses=schemas.ERRORS)
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
     body_limit = settings.max_message_bytes * 2  # base64 attachments and JSON around them
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(api.MessageFastPath, state=app.state, limit=body_limit)
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:

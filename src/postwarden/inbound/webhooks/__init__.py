@@ -1,0 +1,1 @@
+"""Events that providers post to Postwarden over HTTP: verified, parsed, matched, recorded."""
