@@ -124,7 +124,7 @@ def parse(body: bytes) -> list[Event]:
                 occurred_at=common.when(raw.get("timestamp")),
                 recipient=raw.get("email"),
                 # sg_message_id is the X-Message-ID of the 250 reply, then ".filter...".
-                provider_message_id=sg_id.split(".", 1)[0] or None,
+                provider_message_id=sg_id.split(".filter", 1)[0] or None,
                 message_ids=tuple(v for v in (raw.get("smtp-id"),) if v),
                 token=raw.get(common.TOKEN_ARGUMENT),
                 payload=raw,
