@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postwarden import __version__, errors
 from postwarden.settings import Settings
-from postwarden.web import api, providers, schemas, track, ui, webhooks
+from postwarden.web import api, providers, schemas, track, ui, webhooks, webhooks_ui
 
 
 class BodyLimit:
@@ -93,6 +93,7 @@ def create_app(
     app.include_router(providers.router, responses=schemas.ERRORS)
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
+    webhooks_ui.install(app)
     body_limit = settings.max_message_bytes * 2  # base64 attachments and JSON around them
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(api.MessageFastPath, state=app.state, limit=body_limit)

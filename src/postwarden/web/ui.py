@@ -29,7 +29,17 @@ from postwarden import errors
 from postwarden.domain import addresses
 from postwarden.domain.status import UNDELIVERED, Status
 from postwarden.intake import accept
-from postwarden.store import accounts, db, inbound_queue, queries, recorder, suppression, users
+from postwarden.store import (
+    accounts,
+    db,
+    inbound_queue,
+    provider_events,
+    queries,
+    recorder,
+    suppression,
+    users,
+    webhooks,
+)
 from postwarden.web import api
 
 HERE = Path(__file__).parent
@@ -306,6 +316,8 @@ def dashboard(request: Request, user: UserDep, conn: api.ReadConnDep) -> Respons
         broadcasts=broadcasts,
         suppressed=queries.suppression_count(conn, user.account_id),
         inbound=inbound_queue.review_counts(conn, user.account_id, since),
+        webhooks_disabled=webhooks.disabled_endpoints(conn, user.account_id),
+        provider_unmatched=provider_events.unmatched_count(conn, user.account_id, since),
     )
 
 
