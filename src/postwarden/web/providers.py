@@ -103,6 +103,16 @@ class ProviderEventList(BaseModel):
     items: list[ProviderEvent]
 
 
+def check_config(provider: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The configuration to keep for ``provider``; InvalidInput (ValueError for a malformed
+    one) when it could not verify the provider's requests."""
+    if provider not in provider_events.PROVIDERS:
+        raise errors.NotFound(
+            f"no provider {provider!r}; one of {', '.join(provider_events.PROVIDERS)}"
+        )
+    return _config(provider, HookIn.model_validate(values))
+
+
 def _config(provider: str, body: HookIn) -> dict[str, Any]:
     if provider == "sns":
         if not body.topic_arns:
