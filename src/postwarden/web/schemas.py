@@ -174,6 +174,21 @@ class Contact(BaseModel):
     created_at: datetime | None = None
 
 
+class AccountSettings(BaseModel):
+    name: str
+    tracking: bool
+
+
+class EngagementReport(BaseModel):
+    """Open and click rates per broadcast, category or day (see ``queries.engagement_report``)."""
+
+    group: str
+    since: str
+    until: str
+    rows: list[dict[str, Any]]
+    categories_read_most: list[dict[str, Any]]
+
+
 # endregion
 # region suppressions and blocks
 
