@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FIGURES = ("delivery", "intake", "inbound", "queries")
+FIGURES = ("delivery", "intake", "inbound", "queries", "webhooks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 pg_messages=10_000_000 if args.full and not args.no_pg else None,
                 reseed=args.reseed,
             )
+        if "webhooks" in only:
+            from bench import webhooks
+
+            webhooks.run(report, 300 if args.smoke else 3000, workdir, seconds)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

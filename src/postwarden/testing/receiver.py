@@ -146,3 +146,21 @@ def in_thread(receiver: Receiver | None = None) -> Iterator[Receiver]:
         asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m postwarden.testing.receiver PORT``: serve until killed (the bench's receiver,
+    in a process of its own)."""
+    import sys
+
+    port = int((argv if argv is not None else sys.argv[1:])[0])
+
+    async def serve() -> None:
+        await Receiver(port=port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
