@@ -464,6 +464,16 @@ def suppression_removed(
 # region the sender's side: claims with leases, results
 
 
+def anything_due(conn: Connection, now: datetime) -> bool:
+    """Whether any delivery is due (read on a reader: an idle sender never takes SQLite's
+    write lock, which the dispatcher's records wait for)."""
+    d = t.webhook_deliveries
+    found = conn.scalar(
+        select(d.c.id).where(d.c.state == PENDING, d.c.next_attempt_at <= now).limit(1)
+    )
+    return found is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     id: int

@@ -30,7 +30,7 @@ from postwarden import __version__
 from postwarden.domain import clock
 from postwarden.outbound.webhooks import net, signing
 from postwarden.settings import Settings
-from postwarden.store import webhooks
+from postwarden.store import db, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,9 @@ class Sender:
         return await asyncio.to_thread(self._claim_rows, busy, room)
 
     def _claim_rows(self, busy: list[int], limit: int) -> list[webhooks.Claimed]:
+        with db.reader(self.engine).connect() as conn:
+            if not webhooks.anything_due(conn, clock.now()):
+                return []
         with self.engine.begin() as conn:
             return webhooks.claim(
                 conn,
