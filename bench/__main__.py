@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FIGURES = ("delivery", "intake", "inbound", "queries", "sms")
+FIGURES = ("delivery", "intake", "inbound", "queries", "sms", "webhooks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import sms
 
             sms.run(report, 300 if args.smoke else 5_000, workdir)
+        if "webhooks" in only:
+            from bench import webhooks
+
+            webhooks.run(report, 300 if args.smoke else 3000, workdir, seconds)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

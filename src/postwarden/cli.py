@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +17,10 @@ from postwarden import errors, runtime, service
 from postwarden.domain import addresses
 from postwarden.inbound.mail import dsn
 from postwarden.intake import accept, schemas
+from postwarden.outbound.webhooks import net
 from postwarden.settings import Settings
-from postwarden.store import accounts, db, queries, suppression
+from postwarden.store import accounts, db, provider_events, queries, suppression, webhooks
+from postwarden.web import providers
 
 app = typer.Typer(
     help="Postwarden: send notifications and see what became of each one.",
@@ -31,6 +33,12 @@ user_app = typer.Typer(help="Admin users of the web UI.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(suppressions_app, name="suppressions")
 app.add_typer(user_app, name="user")
+webhooks_app = typer.Typer(
+    help="Webhooks out: endpoints, dead letters, replays.", no_args_is_help=True
+)
+providers_app = typer.Typer(help="Provider events in: each provider's URL.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(providers_app, name="providers")
 console = Console()
 errors_console = Console(stderr=True)
 
@@ -345,6 +353,178 @@ def suppressions_remove(
             + ", ".join(map(str, dropped))
             + " (resend with POST /v1/messages/{id}/resend)"
         )
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: str,
+    event: Annotated[
+        list[str] | None, typer.Option(help="An event type it takes (repeat); none: every type")
+    ] = None,
+    description: str = "",
+    account: AccountOpt = None,
+) -> None:
+    """Add an endpoint (its URL checked now and at every request); prints its secret."""
+    parts = _parts()
+    try:
+        asyncio.run(net.check_url(url, parts.settings.http))
+        with parts.engine.begin() as conn:
+            made = webhooks.create_endpoint(
+                conn,
+                _account(conn, account).id,
+                url,
+                event_types=event or (),
+                description=description,
+            )
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    print(f"Added endpoint {made.id} ({made.url}); its signing secret:")
+    print(made.secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list(account: AccountOpt = None) -> None:
+    """The account's endpoints, whether each works, and their webhooks per state."""
+    parts = _parts()
+    with db.reader(parts.engine).connect() as conn:
+        account_id = _account(conn, account).id
+        endpoints = webhooks.list_endpoints(conn, account_id)
+        counts = webhooks.counts(conn, account_id)
+    table = Table("id", "url", "takes", "state", "delivered", "pending", "dead letters")
+    for e in endpoints:
+        c = counts.get(e.id, {})
+        state = "disabled: " + (e.disabled_reason or "") if not e.enabled else "working"
+        if e.enabled and e.failing_since:
+            state = f"failing since {_when(e.failing_since)}"
+        table.add_row(
+            str(e.id),
+            e.url,
+            ", ".join(e.event_types) or "every type",
+            state,
+            *(str(c.get(k, 0)) for k in ("delivered", "pending", "failed")),
+        )
+    console.print(table)
+
+
+@webhooks_app.command("rotate")
+def webhooks_rotate(
+    endpoint_id: int,
+    overlap: Annotated[float | None, typer.Option(help="Hours the old secret still signs")] = None,
+    account: AccountOpt = None,
+) -> None:
+    """A new signing secret (printed); the previous one signs too during the overlap."""
+    parts = _parts()
+    hours = overlap if overlap is not None else parts.settings.webhooks.secret_overlap / 3600
+    try:
+        with parts.engine.begin() as conn:
+            rotated = webhooks.rotate_secret(
+                conn, _account(conn, account).id, endpoint_id, overlap=timedelta(hours=hours)
+            )
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    print(f"New secret of endpoint {endpoint_id} (the previous one signs for {hours:g} h):")
+    print(rotated.secret)
+
+
+@webhooks_app.command("enable")
+def webhooks_enable(endpoint_id: int, off: bool = False, account: AccountOpt = None) -> None:
+    """Enable an endpoint again (afresh), or disable it with --off."""
+    parts = _parts()
+    try:
+        with parts.engine.begin() as conn:
+            webhooks.update_endpoint(
+                conn, _account(conn, account).id, endpoint_id, enabled=not off, actor="cli"
+            )
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    console.print(f"endpoint {endpoint_id} " + ("disabled" if off else "enabled"))
+
+
+@webhooks_app.command("dead-letters")
+def webhooks_dead_letters(account: AccountOpt = None, limit: int = 100) -> None:
+    """Webhooks that could not be delivered (retries ran out, or the endpoint is disabled)."""
+    parts = _parts()
+    with db.reader(parts.engine).connect() as conn:
+        rows = webhooks.list_deliveries(
+            conn, _account(conn, account).id, state=webhooks.FAILED, limit=limit
+        )
+    table = Table("id", "created", "event", "url", "attempts", "last error")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            _when(r["created_at"]),
+            r["event_type"],
+            r["url"],
+            str(r["attempts"]),
+            (r["last_error"] or "")[:80],
+        )
+    console.print(table)
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    delivery: Annotated[int | None, typer.Option(help="One webhook, by id")] = None,
+    since: Annotated[datetime | None, typer.Option(help="A range's start")] = None,
+    until: Annotated[datetime | None, typer.Option(help="A range's end (default: now)")] = None,
+    endpoint: Annotated[int | None, typer.Option(help="Only this endpoint's")] = None,
+    include_delivered: bool = False,
+    account: AccountOpt = None,
+) -> None:
+    """Send again one webhook, or those of a time range (the dead letters, or all)."""
+    parts = _parts()
+    if (delivery is None) == (since is None):
+        raise _fail("give --delivery ID, or --since (and --until)")
+    try:
+        with parts.engine.begin() as conn:
+            account_id = _account(conn, account).id
+            if delivery is not None:
+                webhooks.replay(conn, account_id, delivery)
+                n = 1
+            else:
+                assert since is not None
+                n = webhooks.replay_range(
+                    conn,
+                    account_id,
+                    since=_aware(since),
+                    until=_aware(until or datetime.now(UTC)),
+                    endpoint_id=endpoint,
+                    failed_only=not include_delivered,
+                )
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    console.print(f"{n} webhook(s) will be sent again")
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@providers_app.command("set")
+def providers_set(
+    provider: str,
+    config: Annotated[
+        str,
+        typer.Option(
+            help='JSON: sns {"topic_arns": [...]}, sendgrid {"public_key": ...}, mailgun '
+            '{"signing_key": ...}, postmark {"username", "password", "allowed_ips"}'
+        ),
+    ],
+    account: AccountOpt = None,
+) -> None:
+    """Set up a provider's events URL (printed) with what verifies its requests."""
+    parts = _parts()
+    try:
+        values = json.loads(config)
+        if not isinstance(values, dict):
+            raise errors.InvalidInput("the configuration is a JSON object")
+        with parts.engine.begin() as conn:
+            checked = providers.check_config(provider, values)
+            hook = provider_events.set_hook(conn, _account(conn, account).id, provider, checked)
+    except errors.PostwardenError as exc:
+        raise _fail(exc.message) from exc
+    except ValueError as exc:
+        raise _fail(f"the configuration is not valid: {exc}") from exc
+    console.print(f"{provider} posts its events to {hook.path} (on this server's public address)")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Wiring: build the parts from Settings and run them in one event loop.
 
-``serve`` runs the API, the dispatcher and the inbound SMTP server together (the SQLite
-default); ``worker`` runs only a dispatcher, for scale-out on PostgreSQL.
+``serve`` runs the API, the dispatcher, the webhook sender and the inbound SMTP server together
+(the SQLite default); ``worker`` runs only a dispatcher and a webhook sender, for scale-out on
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from postwarden.inbound.mail import worker as inbound_worker
 from postwarden.inbound.mail.server import InboundServer
 from postwarden.outbound import registry
 from postwarden.outbound.dispatcher import Dispatcher
+from postwarden.outbound.webhooks.sender import Sender
 from postwarden.runtime import Parts, open_parts
 from postwarden.settings import Settings
 from postwarden.web.app import create_app
@@ -69,6 +71,18 @@ async def running_dispatcher(parts: Parts, stop: asyncio.Event) -> AsyncIterator
         stop.set()
         await task
         await dispatcher.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_sender(parts: Parts, stop: asyncio.Event) -> AsyncIterator[Sender]:
+    """The webhook sender, running until ``stop``."""
+    sender = Sender(parts.engine, parts.settings)
+    task = asyncio.create_task(sender.run(stop), name="webhooks")
+    try:
+        yield sender
+    finally:
+        stop.set()
+        await task
 
 
 @contextlib.asynccontextmanager
@@ -175,7 +189,11 @@ async def serve(
     a time), waking this process's dispatcher when they accept a message."""
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    async with running_dispatcher(parts, stop) as dispatcher, running_inbound(parts, stop):
+    async with (
+        running_dispatcher(parts, stop) as dispatcher,
+        running_sender(parts, stop),
+        running_inbound(parts, stop),
+    ):
         if api_processes:
             _listen(host, port).close()  # the port is free: fail here, not in each process
             with _start_api_processes(
@@ -269,10 +287,10 @@ def _api_process(settings: Settings, address: tuple[str, int], wake: socket.sock
 
 
 async def work(parts: Parts, stop: asyncio.Event | None = None) -> None:
-    """Only the dispatcher."""
+    """Only the dispatcher and the webhook sender."""
     stop = stop or asyncio.Event()
     _install_signals(stop)
-    async with running_dispatcher(parts, stop):
+    async with running_dispatcher(parts, stop), running_sender(parts, stop):
         await stop.wait()
 
 

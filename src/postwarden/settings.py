@@ -156,6 +156,62 @@ class SMSSettings(BaseModel):
     """Seconds a provider request (or an SMPP response) may take."""
 
 
+class HTTPSettings(BaseModel):
+    """Postwarden's own outgoing HTTP requests (webhooks, Amazon SNS certificates and
+    subscription confirmations): ``POSTWARDEN_HTTP_<FIELD>``. A request goes only to the address
+    its host resolved to, once that address is checked: loopback, private, link-local and other
+    non-public addresses are refused (no SSRF) unless ``allow_private`` says otherwise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allow_private: bool = False
+    """Let requests reach loopback, private and link-local addresses (tests, a receiver on the
+    same private network)."""
+    resolve: Annotated[dict[tuple[str, int], tuple[str, int]], NoDecode] = Field(
+        default_factory=dict
+    )
+    """``host:port=address:port,...``: connect to that address for that host and port instead of
+    resolving it (like curl's ``--resolve``); the name is still the one TLS verifies."""
+    ca_file: str | None = None
+    """Extra CA bundle trusted for HTTPS (a private receiver's CA)."""
+
+    @field_validator("resolve", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs = {}
+            for item in filter(None, (p.strip() for p in value.replace(";", ",").split(","))):
+                name, sep, target = item.partition("=")
+                if not sep:
+                    raise errors.ConfigError(f"not host:port=address:port: {item!r}")
+                pairs[parse_hostport(name.lower(), 443)] = parse_hostport(target, 443)
+            return pairs
+        return value
+
+
+class WebhookSettings(BaseModel):
+    """The webhook sender (``POSTWARDEN_WEBHOOKS_<FIELD>``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    timeout: float = 10.0
+    """Seconds one attempt may take, connection and answer included."""
+    concurrency: int = Field(4, ge=1)
+    """Requests at once per endpoint: a slow or dead endpoint holds up only its own."""
+    batch_size: int = Field(200, ge=1)
+    min_backoff: float = 5.0
+    max_backoff: float = 6 * 3600.0
+    retry_for: float = 3 * 86400.0
+    """Seconds a webhook is retried (from its creation or replay) before it is a dead letter."""
+    disable_after: float = 3 * 86400.0
+    """An endpoint whose every attempt failed for this long (and ``disable_failures`` times in a
+    row) is disabled, with a notice on the dashboard."""
+    disable_failures: int = Field(20, ge=1)
+    secret_overlap: float = 86400.0
+    """Seconds the previous secret still signs after a rotation."""
+    poll_interval: float = 0.5
+
+
 _RENAMED = {
     f"POSTWARDEN_{old}": f"POSTWARDEN_SMTP_{old}"
     for old in (
@@ -190,6 +246,14 @@ class Settings(BaseSettings):
     # Channels (each one's own group)
     smtp: SMTPSettings = Field(default_factory=SMTPSettings)
     sms: SMSSettings = Field(default_factory=SMSSettings)
+
+    # Webhooks out, and what Postwarden's own HTTP requests may reach
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+
+    # Provider events in (/v1/providers/...)
+    provider_max_age: float = 300.0
+    """Seconds a signed provider request (Mailgun, SendGrid) stays acceptable."""
 
     # Queue and retries
     batch_size: int = 500

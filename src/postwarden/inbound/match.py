@@ -1,7 +1,7 @@
 """Which message an inbound event is about, and whether that is proven.
 
-Shared by every inbound source: bounce mails (``inbound.mail.apply``) now, providers' webhooks
-later. Evidence, strongest first:
+Shared by every inbound source: bounce mails (``inbound.mail.apply``) and providers' events
+(``inbound.webhooks.apply``, see :func:`for_provider`). Evidence, strongest first:
 
 1. a signed token naming the message: the VERP token of the envelope recipient
    (``b+<token>@<bounce domain>``), or the token Postwarden put in what it sent and the report
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -27,12 +27,15 @@ from postwarden.store import matching
 
 __all__ = [
     "ADDRESS",
+    "PROVIDER_ID",
     "WINDOW",
     "Named",
+    "ProviderEvidence",
     "Target",
     "accounts_of",
     "by_token",
     "candidate",
+    "for_provider",
     "prefetch",
     "tokens",
 ]
@@ -42,6 +45,9 @@ WINDOW = timedelta(days=30)
 
 ADDRESS = "address"
 """``Target.matched_by`` of a candidate found by address alone (not proven)."""
+
+PROVIDER_ID = "provider_id"
+"""``Target.matched_by`` of a message found by what its relay or provider calls it."""
 
 ATTEMPTED = tuple(
     s.value
@@ -168,3 +174,62 @@ def candidate(
         if row is not None:
             return Target(row.id, row.account_id, row.to_addr, ADDRESS)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvidence:
+    """What a provider's event says about the message it is about (see :func:`for_provider`)."""
+
+    provider_message_id: str | None
+    named: Named  # Postwarden's own tokens it quotes (:func:`tokens`)
+    recipient: str | None
+    occurred_at: datetime | None
+
+
+def for_provider(
+    conn: Connection,
+    account_id: int,
+    evidence: Sequence[ProviderEvidence],
+    channel: str = "email",
+) -> list[Target | None]:
+    """The account's message each provider event is about, by the strongest evidence it has:
+    the provider's id of the message (``messages.provider_message_id``, from the relay's 250
+    reply), then Postwarden's own signed token it quotes (X-Postwarden-Id, the Message-ID, a
+    custom argument), then, as a last resort, the latest message to its recipient sent before
+    the event (within :data:`WINDOW`; ``matched_by`` says "address").
+
+    Unlike a bounce mail, the event comes in a request the provider signed or authenticated,
+    so a match by address is acted on; it is still said to be one wherever it is shown."""
+    ids = [e.provider_message_id for e in evidence if e.provider_message_id]
+    by_id = matching.by_provider_ids(conn, account_id, channel, ids) if ids else {}
+    known = prefetch(conn, [e.named for e in evidence])
+    found: list[Target | None] = []
+    for e in evidence:
+        hit = by_id.get(e.provider_message_id or "")
+        if hit is not None:
+            found.append(Target(hit.id, hit.account_id, hit.to_addr, PROVIDER_ID))
+            continue
+        target = by_token(conn, e.named, known)
+        if target is not None and target.account_id == account_id:
+            found.append(target)
+            continue
+        found.append(_by_address(conn, account_id, e, channel))
+    return found
+
+
+def _by_address(
+    conn: Connection, account_id: int, e: ProviderEvidence, channel: str
+) -> Target | None:
+    if not e.recipient:
+        return None
+    at = e.occurred_at or clock.now()
+    row = matching.latest_to(
+        conn,
+        [account_id],
+        addresses.normalize(e.recipient),
+        channel=channel,
+        statuses=ATTEMPTED,
+        since=at - WINDOW,
+        until=at + timedelta(minutes=5),  # the provider's clock may run ahead of ours
+    )
+    return Target(row.id, row.account_id, row.to_addr, ADDRESS) if row is not None else None

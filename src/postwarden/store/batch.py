@@ -355,7 +355,7 @@ class Dialect:
             where, params = self.where_in("id", chunk)
             for r in conn.exec_driver_sql(
                 "SELECT id, account_id, status, flags, to_addr, category, last_event_at, "
-                f"has_attachments FROM messages WHERE {where}{lock}",
+                f"has_attachments, {_HAS_ENDPOINTS} FROM messages WHERE {where}{lock}",
                 params,
             ):
                 flags = read_json(r[3])
@@ -368,6 +368,7 @@ class Dialect:
                     r[5],
                     read_when(r[6]),
                     bool(r[7]),
+                    bool(r[8]),
                 )
         return rows
 
@@ -492,7 +493,15 @@ class Current(NamedTuple):
     category: str
     last_event_at: datetime | None
     has_attachments: bool
+    webhooks: bool  # its account has a webhook endpoint: what it learns is sent on
 
+
+_HAS_ENDPOINTS = (
+    "EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.account_id = messages.account_id)"
+)
+"""Read with each message the recorder folds facts onto: whether anyone is to be told
+(:mod:`postwarden.store.webhooks`). No endpoint, no webhook work at all, and no query of its own.
+"""
 
 _NO_FLAGS: frozenset[Flag] = frozenset()
 

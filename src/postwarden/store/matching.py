@@ -14,7 +14,14 @@ from sqlalchemy import Connection, func, select
 from postwarden.store import batch
 from postwarden.store import tables as t
 
-__all__ = ["Message", "accounts_for_domains", "last_attempts", "latest_to", "messages"]
+__all__ = [
+    "Message",
+    "accounts_for_domains",
+    "by_provider_ids",
+    "last_attempts",
+    "latest_to",
+    "messages",
+]
 
 m = t.messages
 
@@ -44,9 +51,10 @@ def latest_to(
     channel: str,
     statuses: Collection[str],
     since: datetime,
+    until: datetime | None = None,
 ) -> Message | None:
     """The most recent message to ``address`` (normalized) in one of the accounts, created
-    since ``since``, in one of ``statuses``."""
+    since ``since`` (and before ``until``), in one of ``statuses``."""
     row = conn.execute(
         select(m.c.id, m.c.account_id, m.c.to_addr)
         .where(
@@ -55,6 +63,7 @@ def latest_to(
             m.c.channel == channel,
             m.c.status.in_(statuses),
             m.c.created_at >= since,
+            *([m.c.created_at <= until] if until is not None else []),
         )
         .order_by(m.c.created_at.desc(), m.c.id.desc())
         .limit(1)
@@ -82,3 +91,21 @@ def last_attempts(conn: Connection, message_ids: Sequence[int]) -> dict[int, dat
         .group_by(t.events.c.message_id)
     )
     return {mid: when for mid, when in rows if when is not None}
+
+
+def by_provider_ids(
+    conn: Connection, account_id: int, channel: str, provider_ids: Collection[str]
+) -> dict[str, Message]:
+    """The account's messages on ``channel`` that their relay or provider calls by one of
+    ``provider_ids`` (``messages.provider_message_id``, indexed per channel), by that id."""
+    found: dict[str, Message] = {}
+    for chunk in batch.chunks(sorted(set(provider_ids))):
+        for row in conn.execute(
+            select(m.c.id, m.c.account_id, m.c.to_addr, m.c.provider_message_id).where(
+                m.c.channel == channel,
+                m.c.provider_message_id.in_(chunk),
+                m.c.account_id == account_id,
+            )
+        ):
+            found[row.provider_message_id] = Message(row.id, row.account_id, row.to_addr)
+    return found

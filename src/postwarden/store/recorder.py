@@ -20,7 +20,7 @@ from sqlalchemy import Connection, delete, insert, literal, select, update
 from postwarden import errors
 from postwarden.domain import clock, status
 from postwarden.domain.status import Flag, Kind, State, Status
-from postwarden.store import batch, suppression
+from postwarden.store import batch, suppression, webhooks
 from postwarden.store import tables as t
 
 
@@ -78,7 +78,8 @@ def record(
     The steps, one function each below: read the messages as they stand, fold the facts
     through the status machine, keep an event per new fact, put a fact that happened before
     the last one applied in its place, update the headlines (with ``extra``), let go of the
-    attachments of messages that have left, suppress what the facts call for.
+    attachments of messages that have left, put in the webhook outbox what the account's
+    endpoints are to be told (nothing when it has none), suppress what the facts call for.
 
     The hot statements (the rows' read, the events' insert, the messages' update) are plain
     SQL prepared once per dialect (:mod:`postwarden.store.batch`): this runs for every message
@@ -95,6 +96,7 @@ def record(
         conn,
         [mid for mid, s in folded.states.items() if rows[mid].has_attachments and _has_left(s)],
     )
+    webhooks.facts_recorded(conn, rows, facts, folded.outcomes)
     _suppress(conn, facts, rows, policy)
     return folded.outcomes
 

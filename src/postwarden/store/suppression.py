@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 from postwarden import errors
 from postwarden.domain import addresses, clock
 from postwarden.domain.status import Status
-from postwarden.store import batch, db
+from postwarden.store import batch, db, webhooks
 from postwarden.store import tables as t
 
 ALL_CATEGORIES = ""
@@ -188,6 +188,7 @@ def suppress_many(
         _SUPPRESSION_KEY,
     )
     added = [a for key, a in unique.items() if key in inserted]
+    webhooks.suppressions_added(conn, added)
     as_json = sql.json
     sql.insert_many(
         conn,
@@ -244,6 +245,7 @@ def remove(
     if not removed:
         raise errors.NotFound(f"{address} is not on the suppression list")
     audit(conn, account_id, actor, "suppression.remove", address, category=category)
+    webhooks.suppression_removed(conn, account_id, address, category, actor)
     return removed
 
 

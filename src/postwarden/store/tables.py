@@ -392,3 +392,113 @@ sign_in_failures = Table(
 )
 """Recent failed sign-ins, by the email tried and the client address: what the sign-in rate
 limit counts (rows older than its window are pruned as new ones arrive)."""
+
+
+# region webhooks out and provider events in (store/webhooks.py, store/provider_events.py)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("description", String(200), nullable=False, default=""),
+    Column("event_types", JSON, nullable=False, default=list),  # empty: every type
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100)),  # still signed with until it expires
+    Column("previous_expires_at", When),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("disabled_at", When),
+    Column("disabled_reason", Text),
+    Column("failing_since", When),  # the first failure since the last success
+    Column("failures", Integer, nullable=False, default=0),  # attempts failed in a row
+    Column("created_at", When, nullable=False),
+    Index(None, "account_id"),
+)
+"""Where each account's webhooks go, the event types each one takes and its signing secrets."""
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("endpoint_id", ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("webhook_id", String(40), nullable=False),  # the webhook-id header, the same on retries
+    Column("event_type", String(40), nullable=False),
+    Column("payload", Text, nullable=False),  # the exact bytes signed and sent (UTF-8 JSON)
+    Column("created_at", When, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered, failed (dead letter)
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("retry_since", When, nullable=False),  # retries stop 3 days after (a replay: anew)
+    Column("next_attempt_at", When),
+    Column("lease_until", When),
+    Column("lease_owner", String(64)),
+    Column("last_error", Text),
+    Column("finished_at", When),
+    Index(None, "state", "next_attempt_at"),  # the sender's claims
+    Index(None, "endpoint_id", "created_at"),  # an endpoint's list, replay of a time range
+)
+"""The outbox: one row per event and endpoint, written in the transaction of the event."""
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("started_at", When, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("status_code", Integer),  # None: no HTTP answer (refused, timed out, not allowed)
+    Column("response", Text, nullable=False, default=""),  # the first KB of the answer
+    Column("error", Text),
+    Index(None, "delivery_id"),
+)
+
+provider_hooks = Table(
+    "provider_hooks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("token", String(64), nullable=False, unique=True),  # the last part of its URL
+    Column("config", JSON, nullable=False, default=dict),  # keys, topics, credentials
+    Column("created_at", When, nullable=False),
+    UniqueConstraint("account_id", "provider"),
+)
+"""Each account's provider event URL (``/v1/providers/{provider}/events/{token}``) and what
+verifies the provider's requests there."""
+
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("event_id", String(200), nullable=False),  # the provider's id: duplicates are one
+    Column("event_type", String(64), nullable=False),  # the provider's own name for it
+    Column("received_at", When, nullable=False),
+    Column("occurred_at", When),
+    Column("recipient", String(320)),
+    Column("provider_message_id", String(255)),
+    Column("state", String(16), nullable=False),  # applied, unmatched, ignored
+    Column("message_id", ForeignKey("messages.id", ondelete="SET NULL")),
+    Column("matched_by", String(16)),
+    Column("detail", Text),
+    Column("payload", JSON, nullable=False, default=dict),
+    UniqueConstraint("account_id", "provider", "event_id"),
+    Index(None, "account_id", "state", "received_at"),
+    Index(None, "message_id"),
+)
+"""Every event a provider reported, kept whole: applied to its message, or kept for review."""
+
+provider_nonces = Table(
+    "provider_nonces",
+    metadata,
+    Column("provider", String(16), nullable=False),
+    Column("nonce", String(200), nullable=False),
+    Column("seen_at", When, nullable=False),
+    PrimaryKeyConstraint("provider", "nonce"),
+    Index(None, "seen_at"),
+)
+"""Signed request tokens seen (Mailgun's token, SendGrid's signature): a replay is refused."""
+
+# endregion

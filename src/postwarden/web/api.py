@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,32 +21,8 @@ from postwarden.intake import accept, schemas
 from postwarden.settings import Settings
 from postwarden.store import accounts, contacts, db, queries, recorder, suppression
 from postwarden.store.accounts import Account
+from postwarden.web import schemas as out
 from postwarden.web.groupcommit import GroupCommit
-
-
-class Refusal(BaseModel):
-    """Every refusal's body, whatever its status code."""
-
-    detail: str = Field(description="What was wrong, in words")
-    errors: list[dict[str, Any]] | None = Field(
-        None, description="On a 422 from validation: each problem (loc, msg, type)"
-    )
-
-
-def _refused(*codes: int) -> dict[int | str, dict[str, Any]]:
-    words = {
-        400: "The body is not JSON",
-        401: "No valid API key",
-        404: "Not found in this account",
-        409: "Not possible in its current state",
-        413: "The body is too large",
-        422: "Not valid: the detail says what",
-    }
-    return {code: {"model": Refusal, "description": words[code]} for code in codes}
-
-
-REFUSALS = _refused(400, 401, 413, 422)
-"""The refusals any /v1 operation can give (the app documents them on every one)."""
 
 MAX_ID = 2**63 - 1
 """The largest id either database holds (a signed 64-bit integer): larger ones are refused
@@ -121,15 +97,14 @@ def _policy(settings: Settings) -> suppression.Policy:
     return suppression.Policy(settings.soft_bounce_limit, settings.soft_bounce_days)
 
 
-class MessagePage(BaseModel):
-    items: list[dict[str, Any]]
-    next_cursor: str | None
+MessagePage = out.MessagePage
 
 
 @router.post(
     "/messages",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Send one email",
 )
 async def send_message(
@@ -273,7 +248,9 @@ def unstorable_response(exc: UnicodeEncodeError) -> JSONResponse:
     return JSONResponse({"detail": unstorable(exc)}, 422)
 
 
-@router.get("/messages", response_model=MessagePage, summary="The mail log, newest first")
+@router.get(
+    "/messages", response_model=MessagePage, tags=["messages"], summary="The mail log, newest first"
+)
 def list_messages(
     account: AccountDep,
     conn: ReadConnDep,
@@ -300,13 +277,15 @@ def list_messages(
         cursor=cursor,
         limit=limit,
     )
-    return MessagePage(items=page.items, next_cursor=page.next_cursor)
+    return MessagePage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
 
 
 @router.get(
     "/messages/{message_id}",
+    response_model=out.Message,
+    tags=["messages"],
     summary="One message: status, reason, timeline, attempts",
-    responses=_refused(404),
+    responses=out.refused(404),
 )
 def get_message(message_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.message_detail(conn, account.id, message_id)
@@ -315,8 +294,9 @@ def get_message(message_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[
 @router.post(
     "/messages/{message_id}/cancel",
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Cancel a pending message (409 once it is no longer pending)",
-    responses=_refused(404, 409),
+    responses=out.refused(404, 409),
 )
 def cancel_message(
     message_id: Id, account: AccountDep, conn: ConnDep, settings: SettingsDep
@@ -329,8 +309,9 @@ def cancel_message(
     "/messages/{message_id}/resend",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.Accepted,
+    tags=["messages"],
     summary="Send again, optionally to a corrected address, as a new linked message",
-    responses=_refused(404, 409),
+    responses=out.refused(404, 409),
 )
 def resend_message(
     message_id: Id,
@@ -352,6 +333,7 @@ def resend_message(
     "/broadcasts",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.BroadcastAccepted,
+    tags=["broadcasts"],
     summary="One content to many recipients; intake decisions are counted at once",
 )
 def send_broadcast(
@@ -369,14 +351,22 @@ def send_broadcast(
 
 @router.get(
     "/broadcasts/{broadcast_id}",
+    response_model=out.Broadcast,
+    tags=["broadcasts"],
     summary="A broadcast and its counts per status",
-    responses=_refused(404),
+    responses=out.refused(404),
 )
 def get_broadcast(broadcast_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return queries.broadcast_detail(conn, account.id, broadcast_id)
 
 
-@router.post("/contacts", status_code=status.HTTP_201_CREATED, summary="Add a contact")
+@router.post(
+    "/contacts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=out.Contact,
+    tags=["contacts"],
+    summary="Add a contact",
+)
 def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     email = addresses.check(body.email) if body.email else None
     contact_id = contacts.create(
@@ -396,12 +386,23 @@ def create_contact(body: schemas.ContactIn, account: AccountDep, conn: ConnDep) 
     }
 
 
-@router.get("/contacts/{contact_id}", summary="One contact", responses=_refused(404))
+@router.get(
+    "/contacts/{contact_id}",
+    response_model=out.Contact,
+    tags=["contacts"],
+    summary="One contact",
+    responses=out.refused(404),
+)
 def get_contact(contact_id: Id, account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return contacts.get(conn, account.id, contact_id)
 
 
-@router.get("/suppressions", summary="The suppression list (bounced addresses)")
+@router.get(
+    "/suppressions",
+    response_model=out.SuppressionList,
+    tags=["suppressions"],
+    summary="The suppression list (bounced addresses)",
+)
 def list_suppressions(
     account: AccountDep,
     conn: ReadConnDep,
@@ -414,7 +415,11 @@ def list_suppressions(
 
 
 @router.post(
-    "/suppressions", status_code=status.HTTP_201_CREATED, summary="Suppress an address by hand"
+    "/suppressions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=out.SuppressionAdded,
+    tags=["suppressions"],
+    summary="Suppress an address by hand",
 )
 def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     address = addresses.check(body.address)
@@ -433,8 +438,10 @@ def add_suppression(body: schemas.AddressIn, account: AccountDep, conn: ConnDep)
 
 @router.delete(
     "/suppressions/{address}",
+    response_model=out.SuppressionRemoved,
+    tags=["suppressions"],
     summary="Mark the address as valid: remove it, and list what was dropped for it",
-    responses=_refused(404),
+    responses=out.refused(404),
 )
 def remove_suppression(
     address: str, account: AccountDep, conn: ConnDep, category: str | None = None
@@ -447,7 +454,7 @@ def remove_suppression(
     }
 
 
-@router.get("/blocks", summary="The block list")
+@router.get("/blocks", response_model=out.BlockList, tags=["blocks"], summary="The block list")
 def list_blocks(account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
     return {"items": [dict(r._mapping) for r in suppression.list_blocks(conn, account.id)]}  # type: ignore[attr-defined]
 
@@ -455,6 +462,8 @@ def list_blocks(account: AccountDep, conn: ReadConnDep) -> dict[str, Any]:
 @router.post(
     "/blocks",
     status_code=status.HTTP_201_CREATED,
+    response_model=out.BlockAdded,
+    tags=["blocks"],
     summary="Block an address, or a domain written @domain",
 )
 def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
@@ -463,7 +472,11 @@ def add_block(body: schemas.AddressIn, account: AccountDep, conn: ConnDep) -> di
 
 
 @router.delete(
-    "/blocks/{pattern}", summary="Remove an entry from the block list", responses=_refused(404)
+    "/blocks/{pattern}",
+    response_model=out.BlockRemoved,
+    tags=["blocks"],
+    summary="Remove an entry from the block list",
+    responses=out.refused(404),
 )
 def remove_block(pattern: str, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     suppression.unblock(conn, account.id, pattern, actor="api")

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -18,7 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from postwarden import __version__, errors
 from postwarden.settings import Settings
-from postwarden.web import api, track, ui
+from postwarden.web import api, providers, schemas, track, ui, webhooks, webhooks_ui
 
 
 class BodyLimit:
@@ -124,7 +125,10 @@ def create_app(
         title="Postwarden",
         version=__version__,
         description="Send notifications and see what became of each one.",
-        responses=api.REFUSALS,
+        responses=schemas.REFUSALS,
+        # Operation ids are the functions' names (send_message, get_message...): stable, and
+        # what generated clients call their methods.
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -180,8 +184,11 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(api.router)
+    webhooks.install(app)  # /v1/webhooks, and the spec's "webhooks" section
+    app.include_router(providers.router)
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
+    webhooks_ui.install(app)
     body_limit = settings.max_message_bytes * 2  # base64 attachments and JSON around them
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(api.MessageFastPath, state=app.state, limit=body_limit)
@@ -201,6 +208,10 @@ def _problems(exc: RequestValidationError, *, words: bool = False) -> list[str]:
         where = ".".join(loc)
         problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
     return problems
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:

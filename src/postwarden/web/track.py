@@ -33,6 +33,7 @@ from postwarden.domain import clock, tokens
 from postwarden.inbound import tracking
 from postwarden.settings import Settings
 from postwarden.store import accounts, db, queries, suppression
+from postwarden.web import schemas
 from postwarden.web.api import AccountDep, ConnDep, ReadConnDep
 from postwarden.web.groupcommit import GroupCommit
 
@@ -222,7 +223,12 @@ class AccountPatch(BaseModel):
     tracking: bool
 
 
-@api_router.patch("/account", summary="Account settings: engagement tracking on or off")
+@api_router.patch(
+    "/account",
+    response_model=schemas.AccountSettings,
+    tags=["account"],
+    summary="Account settings: engagement tracking on or off",
+)
 def patch_account(body: AccountPatch, account: AccountDep, conn: ConnDep) -> dict[str, Any]:
     accounts.set_tracking(conn, account.id, body.tracking)
     suppression.audit(
@@ -235,6 +241,8 @@ def patch_account(body: AccountPatch, account: AccountDep, conn: ConnDep) -> dic
 
 @api_router.get(
     "/reports/engagement",
+    response_model=schemas.EngagementReport,
+    tags=["reports"],
     summary="Open and click rates, human and all, per broadcast, category or day",
 )
 def engagement_report(

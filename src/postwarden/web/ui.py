@@ -40,11 +40,13 @@ from postwarden.store import (
     accounts,
     db,
     inbound_queue,
+    provider_events,
     queries,
     recorder,
     sessions,
     suppression,
     users,
+    webhooks,
 )
 from postwarden.web import api
 
@@ -546,6 +548,8 @@ def dashboard(request: Request, user: UserDep, conn: api.ReadConnDep) -> Respons
         broadcasts=broadcasts,
         suppressed=queries.suppression_count(conn, user.account_id),
         inbound=inbound_queue.review_counts(conn, user.account_id, since),
+        webhooks_disabled=webhooks.disabled_endpoints(conn, user.account_id),
+        provider_unmatched=provider_events.unmatched_count(conn, user.account_id, since),
     )
 
 

@@ -1,6 +1,7 @@
-"""Provider webhooks: receipts and replies that providers post to Postwarden.
+"""Provider webhooks: what providers post to Postwarden over HTTP, verified, parsed, matched and
+recorded: SMS receipts and replies (twilio, vonage) and email events of hosted providers (sns,
+sendgrid, mailgun, postmark).
 
-Each module verifies a request (signature, freshness, replay) and turns it into
-:class:`postwarden.domain.receipts.Receipt` or :class:`~postwarden.domain.receipts.Reply`
-values; the HTTP routes (web) and the recording (store.recorder) use them.
+Each module verifies a request (signature, freshness, replay) before anything is read from it;
+the HTTP routes (web) call them, and what they learn is recorded through store.recorder.
 """
