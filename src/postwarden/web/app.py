@@ -185,7 +185,7 @@ def create_app(
 
     app.include_router(api.router)
     webhooks.install(app)  # /v1/webhooks, and the spec's "webhooks" section
-    app.include_router(providers.router)
+    app.include_router(providers.router, responses=schemas.refused(404, 409))
     track.install(app)  # /t/ (tracking routes) and /v1 engagement API
     ui.install(app)
     webhooks_ui.install(app)

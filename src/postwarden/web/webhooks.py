@@ -14,7 +14,7 @@ from postwarden.outbound.webhooks import net
 from postwarden.store import suppression, webhooks
 from postwarden.store.accounts import Account
 from postwarden.web import schemas
-from postwarden.web.api import AccountDep, ReadConnDep
+from postwarden.web.api import MAX_ID, AccountDep, Id, ReadConnDep
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -42,7 +42,10 @@ class RotateIn(BaseModel):
     model_config = {"extra": "forbid"}
 
     overlap_seconds: float | None = Field(
-        None, ge=0, description="How long the previous secret still signs (default: a day)"
+        None,
+        ge=0,
+        le=90 * 86400,
+        description="How long the previous secret still signs (default: a day; at most 90)",
     )
 
 
@@ -51,7 +54,7 @@ class ReplayIn(BaseModel):
 
     since: datetime
     until: datetime
-    endpoint_id: int | None = None
+    endpoint_id: int | None = Field(None, ge=1, le=MAX_ID)
     failed_only: bool = Field(True, description="false: also what was delivered")
 
 
@@ -149,7 +152,7 @@ def list_endpoints(account: AccountDep, conn: ReadConnDep) -> schemas.WebhookEnd
     summary="One endpoint",
 )
 def get_endpoint(
-    endpoint_id: int, account: AccountDep, conn: ReadConnDep
+    endpoint_id: Id, account: AccountDep, conn: ReadConnDep
 ) -> schemas.WebhookEndpoint:
     found = webhooks.get_endpoint(conn, account.id, endpoint_id)
     return endpoint_out(found, webhooks.counts(conn, account.id).get(endpoint_id))
@@ -162,7 +165,7 @@ def get_endpoint(
     summary="Change an endpoint, disable it, or enable it again",
 )
 async def update_endpoint(
-    endpoint_id: int, body: EndpointPatch, account: AccountDep, request: Request
+    endpoint_id: Id, body: EndpointPatch, account: AccountDep, request: Request
 ) -> schemas.WebhookEndpoint:
     if body.url is not None:
         await net.check_url(body.url, request.app.state.settings.http)
@@ -189,7 +192,7 @@ async def update_endpoint(
     operation_id="delete_webhook_endpoint",
     summary="Remove an endpoint and its deliveries",
 )
-def delete_endpoint(endpoint_id: int, account: AccountDep, request: Request) -> Response:
+def delete_endpoint(endpoint_id: Id, account: AccountDep, request: Request) -> Response:
     def work(conn: Any) -> None:
         webhooks.delete_endpoint(conn, account.id, endpoint_id)
         suppression.audit(conn, account.id, "api", "webhook.delete", str(endpoint_id))
@@ -205,7 +208,7 @@ def delete_endpoint(endpoint_id: int, account: AccountDep, request: Request) -> 
     summary="A new signing secret; the previous one also signs during the overlap",
 )
 def rotate_secret(
-    endpoint_id: int, account: AccountDep, request: Request, body: RotateIn | None = None
+    endpoint_id: Id, account: AccountDep, request: Request, body: RotateIn | None = None
 ) -> schemas.WebhookEndpoint:
     seconds = body.overlap_seconds if body and body.overlap_seconds is not None else None
     overlap = timedelta(
@@ -235,11 +238,13 @@ def rotate(
 def list_deliveries(
     account: AccountDep,
     conn: ReadConnDep,
-    endpoint_id: int | None = None,
+    endpoint_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     state: Annotated[str | None, Query(pattern="^(pending|delivered|failed)$")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    before: Annotated[int | None, Query(description="The last id of the previous page")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="The last id of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> schemas.WebhookDeliveryList:
     rows = webhooks.list_deliveries(
@@ -262,7 +267,7 @@ def list_deliveries(
     summary="One webhook: its payload and every attempt (status, first KB, duration)",
 )
 def get_delivery(
-    delivery_id: int, account: AccountDep, conn: ReadConnDep
+    delivery_id: Id, account: AccountDep, conn: ReadConnDep
 ) -> schemas.WebhookDeliveryDetail:
     return schemas.WebhookDeliveryDetail(**webhooks.get_delivery(conn, account.id, delivery_id))
 
@@ -273,7 +278,7 @@ def get_delivery(
     operation_id="replay_webhook_delivery",
     summary="Send one webhook again (same webhook-id)",
 )
-def replay_delivery(delivery_id: int, account: AccountDep, request: Request) -> schemas.Replayed:
+def replay_delivery(delivery_id: Id, account: AccountDep, request: Request) -> schemas.Replayed:
     def work(conn: Any) -> None:
         webhooks.replay(conn, account.id, delivery_id)
         suppression.audit(conn, account.id, "api", "webhook.replay", str(delivery_id))

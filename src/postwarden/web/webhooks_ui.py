@@ -74,7 +74,7 @@ async def add_endpoint(request: Request, form: ui.FormDep, user: ui.UserDep) -> 
 
 @router.get("/webhooks/{endpoint_id}", response_class=HTMLResponse)
 def endpoint_page(
-    request: Request, endpoint_id: int, user: ui.UserDep, conn: api.ReadConnDep
+    request: Request, endpoint_id: api.Id, user: ui.UserDep, conn: api.ReadConnDep
 ) -> Response:
     try:
         endpoint = webhooks.get_endpoint(conn, user.account_id, endpoint_id)
@@ -111,7 +111,7 @@ def _action(request: Request, user: Any, endpoint_id: int, work: Any, done: str)
 
 
 @router.post("/webhooks/{endpoint_id}/enable")
-def enable(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDep) -> Response:
+def enable(request: Request, endpoint_id: api.Id, form: ui.FormDep, user: ui.UserDep) -> Response:
     on = form.get("enabled") == "1"
 
     def work(conn: Any) -> None:
@@ -129,7 +129,7 @@ def enable(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDe
 
 
 @router.post("/webhooks/{endpoint_id}/rotate")
-def rotate(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDep) -> Response:
+def rotate(request: Request, endpoint_id: api.Id, form: ui.FormDep, user: ui.UserDep) -> Response:
     overlap = timedelta(seconds=request.app.state.settings.webhooks.secret_overlap)
 
     def work(conn: Any) -> None:
@@ -145,7 +145,7 @@ def rotate(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDe
 
 
 @router.post("/webhooks/{endpoint_id}/delete")
-def delete(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDep) -> Response:
+def delete(request: Request, endpoint_id: api.Id, form: ui.FormDep, user: ui.UserDep) -> Response:
     try:
         with request.app.state.engine.begin() as conn:
             webhooks.delete_endpoint(conn, user.account_id, endpoint_id)
@@ -159,7 +159,7 @@ def delete(request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDe
 
 @router.post("/webhooks/{endpoint_id}/replay")
 def replay_range(
-    request: Request, endpoint_id: int, form: ui.FormDep, user: ui.UserDep
+    request: Request, endpoint_id: api.Id, form: ui.FormDep, user: ui.UserDep
 ) -> Response:
     try:
         since = ui._day(str(form.get("since") or ""))
@@ -192,7 +192,7 @@ def replay_range(
 
 @router.get("/webhooks/deliveries/{delivery_id}", response_class=HTMLResponse)
 def delivery_page(
-    request: Request, delivery_id: int, user: ui.UserDep, conn: api.ReadConnDep
+    request: Request, delivery_id: api.Id, user: ui.UserDep, conn: api.ReadConnDep
 ) -> Response:
     try:
         item = webhooks.get_delivery(conn, user.account_id, delivery_id)
@@ -202,7 +202,9 @@ def delivery_page(
 
 
 @router.post("/webhooks/deliveries/{delivery_id}/replay")
-def replay_one(request: Request, delivery_id: int, form: ui.FormDep, user: ui.UserDep) -> Response:
+def replay_one(
+    request: Request, delivery_id: api.Id, form: ui.FormDep, user: ui.UserDep
+) -> Response:
     try:
         with request.app.state.engine.begin() as conn:
             webhooks.replay(conn, user.account_id, delivery_id)
